@@ -1,0 +1,109 @@
+"""The hardware/software record of a run: what machine, what software, what device and dtype were really used.
+
+Written to reports/env.json and embedded in every meta.json, so numbers from different machines can be told apart
+(`run_tag`: host + device + dtype).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import subprocess
+from datetime import datetime, timezone
+
+from .config import REPO_ROOT, Precision
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_record() -> dict:
+    """GPU name, memory (bytes), driver and SM clock through NVML (nvidia-ml-py); {} when there is no GPU or NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver / no GPU: NVML raises its own error types
+        return {}
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+        name = pynvml.nvmlDeviceGetName(handle)
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return {
+            "gpu_name": name.decode() if isinstance(name, bytes) else name,
+            "gpu_memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+            "gpu_driver": driver.decode() if isinstance(driver, bytes) else driver,
+            "gpu_max_sm_clock_mhz": int(pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)),
+            "gpu_count": int(pynvml.nvmlDeviceGetCount()),
+        }
+    except Exception as error:  # a partial NVML is still worth a note
+        return {"gpu_error": f"{type(error).__name__}: {error}"}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def git_commit() -> str:
+    """The project's HEAD commit (with '-dirty' when tracked files changed), or 'unknown' outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10)
+        commit = head.stdout.strip() if head.returncode == 0 else ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not commit:
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def run_tag(host: str, device_name: str, dtype: str) -> str:
+    """A short id for 'this machine, this device, this dtype', safe in file names."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{host}_{device_name}_{dtype}").strip("-")
+
+
+def collect(precision: Precision, threads: int) -> dict:
+    """The full record for a run on `precision` with `threads` torch threads."""
+    import psutil
+    import torch
+    import transformers
+
+    host = socket.gethostname()
+    record = {
+        "hostname": host,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "cpu_logical_cores": psutil.cpu_count(logical=True),
+        "ram_bytes": int(psutil.virtual_memory().total),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": threads,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "device": precision.device,
+        "dtype": precision.dtype,
+        "git_commit": git_commit(),
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    record.update(gpu_record())
+    if precision.device == "cuda" and "gpu_name" not in record:
+        record["gpu_name"] = torch.cuda.get_device_name(0)
+        record["gpu_memory_bytes"] = int(torch.cuda.get_device_properties(0).total_memory)
+    device_name = record.get("gpu_name", record["cpu_model"]) if precision.device == "cuda" else "cpu"
+    record["device_name"] = device_name
+    record["run_tag"] = run_tag(host, device_name, precision.dtype)
+    return record

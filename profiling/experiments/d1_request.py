@@ -1,0 +1,135 @@
+"""D1 request anatomy: what does one request compute, and how long does each stage take?
+
+1. Loads: `load_repeats` fresh loads of the model and the tokenizer (after one untimed load that warms the
+   file cache), each timed.
+2. Requests: `warmup` untimed requests, then `repeats` timed ones. Each request is
+   tokenize -> prefill -> decode_step[1..n-1] -> detokenize, every stage a StageClock span.
+3. A separate short traced run (prefill + `trace_decode_steps` steps, loads included) under torch.profiler,
+   exported as a gzip Chrome trace. Its spans are recorded as variant "traced", so the profiler's overhead
+   (traced versus untraced step time) can be measured.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from .. import model as models
+from ..engine import encode_prompts, generate
+from ..io import staged
+from ..timing import StageClock, output_tok_per_s, sync, timing_method, tpot_s
+from ..tracing import export_gzip_trace, profiled
+from .common import Measurements, Run, render_prompt
+
+EXPERIMENT = "d1_request"
+
+
+def timed_loads(model_name: str, run: Run, clock: StageClock | None = None):
+    """Load model and tokenizer once, timed; return (model, tokenizer, load_model_s, load_tokenizer_s)."""
+    clock = clock or StageClock(run.precision.device)
+    with clock.span("load_model"):
+        model = models.load_model(model_name, run.precision)
+    with clock.span("load_tokenizer"):
+        tokenizer = models.load_tokenizer(model_name)
+    return model, tokenizer, clock.seconds("load_model"), clock.seconds("load_tokenizer")
+
+
+def one_request(model, tokenizer, text: str, max_new_tokens: int, settings: dict, device: str,
+                clock: StageClock | None = None, generator: torch.Generator | None = None):
+    """Run one request end to end; return (clock, generated token ids, decoded text)."""
+    clock = clock or StageClock(device)
+    with clock.span("tokenize"):
+        input_ids, attention_mask = encode_prompts(tokenizer, [text], device)
+    generation = generate(
+        model, input_ids, attention_mask, max_new_tokens, clock=clock, generator=generator,
+        do_sample=settings["do_sample"], temperature=settings["temperature"], top_k=settings["top_k"],
+        eos_token_id=tokenizer.eos_token_id if settings["stop_at_eos"] else None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with clock.span("detokenize"):
+        output_text = tokenizer.decode(generation.tokens[0], skip_special_tokens=True)
+    return clock, generation.tokens[0], output_text, int(input_ids.shape[1])
+
+
+def record_request(rows: Measurements, variant: str, repeat: int, clock: StageClock, output_tokens: int,
+                   knobs: dict) -> None:
+    """Turn one request's spans into tidy rows: stages, every decode step, ttft, tpot, e2e, throughput."""
+    for stage in ("tokenize", "prefill", "detokenize"):
+        rows.add(variant, repeat, f"{stage}_s", clock.seconds(stage), **knobs)
+    step = 0
+    for span in clock.spans:
+        if span.name.startswith("decode_step["):
+            step += 1
+            rows.add(variant, repeat, "decode_step_s", span.seconds, step=step, **knobs)
+    ttft = clock.end_of("prefill")
+    e2e = clock.end_of("detokenize")
+    rows.add(variant, repeat, "ttft_s", ttft, **knobs)
+    rows.add(variant, repeat, "e2e_s", e2e, **knobs)
+    rows.add(variant, repeat, "tpot_s", tpot_s(e2e, ttft, output_tokens), **knobs)
+    rows.add(variant, repeat, "output_tokens", output_tokens, **knobs)
+    rows.add(variant, repeat, "output_tok_per_s", output_tok_per_s(output_tokens, e2e), **knobs)
+
+
+def run(settings: dict, measurements_path, meta_path, trace_path) -> None:
+    """Run the D1 experiment and write measurements.csv, meta.json and the gzip trace (all or nothing)."""
+    cfg = settings["d1"]
+    run_info = Run(EXPERIMENT, settings)
+    device = run_info.precision.device
+    rows = Measurements(EXPERIMENT)
+    torch.manual_seed(settings["seed"])
+    generator = torch.Generator(device=device).manual_seed(settings["seed"]) if cfg["do_sample"] else None
+
+    # 1. Loads: one untimed (file cache, imports), then load_repeats timed fresh loads.
+    timed_loads(settings["model"], run_info)
+    for repeat in tqdm(range(cfg["load_repeats"]), desc="d1 loads", unit="load"):
+        model, tokenizer, load_model_s, load_tokenizer_s = timed_loads(settings["model"], run_info)
+        rows.add("untraced", repeat, "load_model_s", load_model_s)
+        rows.add("untraced", repeat, "load_tokenizer_s", load_tokenizer_s)
+
+    text = render_prompt(tokenizer, cfg["prompt"], cfg["chat_template"])
+    max_new = cfg["max_new_tokens"]
+
+    # 2. Requests: warm-up, then timed repeats.
+    for _ in tqdm(range(cfg["warmup"]), desc="d1 warm-up", unit="req"):
+        one_request(model, tokenizer, text, max_new, cfg, device, generator=generator)
+    output_text, prompt_tokens = "", 0
+    for repeat in tqdm(range(cfg["repeats"]), desc="d1 requests", unit="req"):
+        clock, tokens, output_text, prompt_tokens = one_request(model, tokenizer, text, max_new, cfg, device,
+                                                                generator=generator)
+        knobs = {"batch_size": 1, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new}
+        record_request(rows, "untraced", repeat, clock, len(tokens), knobs)
+
+    # 3. Traced run: short, separate, loads included so the trace shows the whole request's life.
+    traced_new = cfg["trace_decode_steps"] + 1
+    with staged(measurements_path, meta_path, trace_path) as (measurements_tmp, meta_tmp, trace_tmp):
+        sync(device)
+        traced_start = time.perf_counter()
+        with profiled(device) as prof:
+            clock = StageClock(device)
+            traced_model, traced_tokenizer, _, _ = timed_loads(settings["model"], run_info, clock)
+            request_clock = StageClock(device)
+            _, tokens, _, _ = one_request(traced_model, traced_tokenizer, text, traced_new, cfg, device,
+                                          clock=request_clock, generator=generator)
+        traced_wall_s = time.perf_counter() - traced_start
+        knobs = {"batch_size": 1, "prompt_tokens": prompt_tokens, "max_new_tokens": traced_new}
+        rows.add("traced", 0, "load_model_s", clock.seconds("load_model"))
+        rows.add("traced", 0, "load_tokenizer_s", clock.seconds("load_tokenizer"))
+        record_request(rows, "traced", 0, request_clock, len(tokens), knobs)
+        export_gzip_trace(prof, trace_tmp)
+        rows.write(measurements_tmp)
+        run_info.write_meta(meta_tmp, {
+            "timing_method": timing_method(device),
+            "prompt": cfg["prompt"],
+            "prompt_text": text,
+            "prompt_tokens": prompt_tokens,
+            "output_text": output_text,
+            "weights_bytes": models.weight_bytes(model),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "model_config": {key: getattr(model.config, key, None) for key in (
+                "model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "max_position_embeddings")},
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            "traced_wall_s": traced_wall_s,
+            "trace_decode_steps": cfg["trace_decode_steps"],
+        })

@@ -1,0 +1,118 @@
+"""End to end: the real Snakemake workflow on the tiny model in a temporary directory."""
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+SMOKE = REPO / "tests" / "configs" / "smoke.yaml"
+STAGE_LABELS = {"load_model", "load_tokenizer", "tokenize", "prefill", "decode_step[1]", "detokenize"}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(SMOKE), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_every_contract_file_is_written(run_dir):
+    reports = run_dir / "reports"
+    for name in ("env.json", "report.md", "index.html", "PROGRESS.md", "progress.html", "records/d1_request.txt",
+                 "data/d1_request/measurements.csv", "data/d1_request/meta.json", "data/d1_request/summary.csv",
+                 "data/d1_request/operators.csv", "traces/d1_request/request.json.gz",
+                 "figures/d1_waterfall.png", "figures/d1_waterfall.svg", "logs/d1_request.log"):
+        assert (reports / name).stat().st_size > 0, name
+    measurements = pd.read_csv(reports / "data/d1_request/measurements.csv")
+    assert set(measurements["metric"]) >= {"load_model_s", "load_tokenizer_s", "tokenize_s", "prefill_s",
+                                           "decode_step_s", "detokenize_s", "ttft_s", "e2e_s", "output_tok_per_s"}
+    meta = json.loads((reports / "data/d1_request/meta.json").read_text())
+    assert meta["config"]["model"] == "tiny-random" and meta["run_tag"].endswith("cpu_float32")
+
+
+def test_trace_is_gzip_json_with_the_stage_labels(run_dir):
+    with gzip.open(run_dir / "reports/traces/d1_request/request.json.gz", "rt") as f:
+        events = json.load(f)["traceEvents"]
+    labels = {e["name"] for e in events if e.get("cat") == "user_annotation"}
+    assert STAGE_LABELS <= labels
+    assert any(e.get("cat") == "cpu_op" for e in events)
+
+
+def local_links(path: Path) -> list[str]:
+    text = path.read_text()
+    if path.suffix == ".md":
+        links = re.findall(r"\]\(([^)\s]+)\)", text)
+    else:
+        links = re.findall(r'(?:href|src)="([^"]+)"', text)
+    return [link for link in links if not link.startswith(("http://", "https://", "#", "mailto:"))]
+
+
+@pytest.mark.parametrize("page", ["report.md", "index.html", "PROGRESS.md", "progress.html"])
+def test_local_links_resolve(run_dir, page):
+    reports = run_dir / "reports"
+    links = local_links(reports / page)
+    assert links, f"{page} links nothing"
+    for link in links:
+        assert (reports / link.split("#")[0]).exists(), f"{page} links missing {link}"
+
+
+def test_html_needs_no_network(run_dir):
+    html = (run_dir / "reports/index.html").read_text()
+    assert not re.search(r'(?:href|src)="https?://', html)
+    assert "<table>" in html and 'src="figures/d1_waterfall.png"' in html
+
+
+def test_report_states_measured_numbers(run_dir):
+    findings = json.loads((run_dir / "reports/data/d1_request/findings.json").read_text())
+    report = (run_dir / "reports/report.md").read_text()
+    assert f"{findings['e2e_p50_s']:.3f} s" in report  # the conclusion quotes this run's median
+    record = (run_dir / "reports/records/d1_request.txt").read_text()
+    assert record.startswith("[d1_request") and "per_token_latency : [" in record
+
+
+def test_second_run_does_no_work(run_dir):
+    result = snakemake(run_dir, "--dry-run")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_progress_item_flips_when_its_artifact_is_removed(run_dir, tmp_path):
+    reports = run_dir / "reports"
+    progress_cmd = [sys.executable, "-m", "profiling", "progress", "--reports", str(reports)]
+    line = lambda: next(l for l in (reports / "PROGRESS.md").read_text().splitlines() if "分段 STATS" in l)
+    assert "☑" in line()
+    findings = reports / "data/d1_request/findings.json"
+    saved = findings.read_bytes()
+    findings.unlink()
+    try:
+        subprocess.run(progress_cmd, check=True, cwd=REPO, timeout=120)
+        assert "☐" in line() and "not yet measured" in line()
+    finally:
+        findings.write_bytes(saved)
+        subprocess.run(progress_cmd, check=True, cwd=REPO, timeout=120)
+    assert "☑" in line()
+
+
+def test_bad_config_stops_before_any_work_and_keeps_results(run_dir, tmp_path):
+    reports = run_dir / "reports"
+    before = {p: p.stat().st_mtime_ns for p in reports.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("d1:\n  repeats: 0\n")
+    result = snakemake(run_dir, "--configfile", str(bad))
+    assert result.returncode != 0
+    assert "d1.repeats" in result.stdout + result.stderr
+    after = {p: p.stat().st_mtime_ns for p in reports.rglob("*") if p.is_file()}
+    assert after == before
