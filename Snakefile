@@ -8,6 +8,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/env.smk"
 include: "workflow/rules/d1_request.smk"
+include: "workflow/rules/d3_batching.smk"
+include: "workflow/rules/d3_kvcache.smk"
+include: "workflow/rules/d2_bottlenecks.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -4,85 +4,49 @@
     python -m profiling d1 --settings '{"model": …}' --measurements m.csv --meta meta.json --trace t.json.gz
 
 `--settings` is the JSON slice of the checked config the step depends on (the Snakefile passes it).
+Each command lives in the module named in COMMANDS, which defines `add_arguments(parser)` and `cli(args)`; only
+the chosen command's module is imported (so `report` does not pay for importing torch).
 Errors in the config are printed as one clear message and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 
 from .config import ConfigError
 
-
-def _settings(text: str) -> dict:
-    return json.loads(text)
+# command name -> (module, one-line help)
+COMMANDS = {
+    "provision": ("profiling.model", "convert/build a named model into a safetensors directory"),
+    "env": ("profiling.env", "write the hardware/software record (env.json)"),
+    "d1": ("profiling.experiments.d1_request", "run the D1 request-anatomy experiment"),
+    "analyze-d1": ("profiling.analysis.d1", "summarise D1 measurements and its trace"),
+    "d2": ("profiling.experiments.d2_bottlenecks", "run the D2 bottleneck measurements (ceilings, traces)"),
+    "analyze-d2": ("profiling.analysis.d2_bottlenecks", "analytic model, roofline and time breakdown for D2"),
+    "d3-batching": ("profiling.experiments.d3_batching", "run the D3 static and dynamic batching experiment"),
+    "analyze-d3-batching": ("profiling.analysis.d3_batching", "summarise the D3 batching measurements"),
+    "d3-kvcache": ("profiling.experiments.d3_kvcache", "run the D3 KV-cache experiment"),
+    "analyze-d3-kvcache": ("profiling.analysis.d3_kvcache", "summarise the D3 KV-cache measurements"),
+    "report": ("profiling.report.render", "render report.md, index.html, PROGRESS.md, records and figures"),
+    "progress": ("profiling.report.progress", "render only PROGRESS.md and progress.html from the artifacts"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m profiling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    p = commands.add_parser("provision", help="convert/build a named model into a safetensors directory")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = commands.add_parser("env", help="write the hardware/software record (env.json)")
-    p.add_argument("--settings", type=_settings, required=True)
-    p.add_argument("--out", required=True)
-
-    p = commands.add_parser("d1", help="run the D1 request-anatomy experiment")
-    p.add_argument("--settings", type=_settings, required=True)
-    p.add_argument("--measurements", required=True)
-    p.add_argument("--meta", required=True)
-    p.add_argument("--trace", required=True)
-
-    p = commands.add_parser("analyze-d1", help="summarise D1 measurements and its trace")
-    p.add_argument("--settings", type=_settings, required=True)
-    p.add_argument("--measurements", required=True)
-    p.add_argument("--trace", required=True)
-    p.add_argument("--summary", required=True)
-    p.add_argument("--operators", required=True)
-    p.add_argument("--findings", required=True)
-
-    p = commands.add_parser("report", help="render report.md, index.html, PROGRESS.md, records and figures")
-    p.add_argument("--reports", default="reports", help="the reports/ directory to read and write")
-
-    p = commands.add_parser("progress", help="render only PROGRESS.md and progress.html from the artifacts")
-    p.add_argument("--reports", default="reports")
-
+    chosen = None
+    for name, (module_name, help_text) in COMMANDS.items():
+        subparser = commands.add_parser(name, help=help_text)
+        if argv and argv[0] == name:
+            chosen = importlib.import_module(module_name)
+            chosen.add_arguments(subparser)
     args = parser.parse_args(argv)
     try:
-        if args.command == "provision":
-            from .model import provision
-
-            provision(args.model, args.out, seed=args.seed)
-        elif args.command == "env":
-            from . import env
-            from .config import apply_threads, resolve_precision
-            from .io import staged, write_json
-
-            record = env.collect(resolve_precision(args.settings), apply_threads(args.settings))
-            with staged(args.out) as (tmp,):
-                write_json(tmp, record)
-        elif args.command == "d1":
-            from .experiments import d1_request
-
-            d1_request.run(args.settings, args.measurements, args.meta, args.trace)
-        elif args.command == "analyze-d1":
-            from .analysis import d1
-
-            d1.analyze(args.settings, args.measurements, args.trace, args.summary, args.operators, args.findings)
-        elif args.command == "report":
-            from .report import render
-
-            render.render_all(args.reports)
-        elif args.command == "progress":
-            from .report import render
-
-            render.render_progress(args.reports)
+        chosen.cli(args)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

@@ -164,6 +164,13 @@ def apply_threads(config: dict) -> int:
     return torch.get_num_threads()
 
 
+def settings_arg(text: str) -> dict:
+    """Parse a command line's --settings: the JSON config slice the Snakefile passes to a step."""
+    import json
+
+    return json.loads(text)
+
+
 def experiment_config(config: dict, experiment: str) -> dict:
     """The slice of the config one experiment depends on: its own section plus the run-wide keys."""
     shared = {key: config[key] for key in ("model", "device", "dtype", "threads", "seed", "cv_warn")}

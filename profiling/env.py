@@ -107,3 +107,20 @@ def collect(precision: Precision, threads: int) -> dict:
     record["device_name"] = device_name
     record["run_tag"] = run_tag(host, device_name, precision.dtype)
     return record
+
+
+# ---- command line (python -m profiling env) ------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    from .config import settings_arg
+
+    parser.add_argument("--settings", type=settings_arg, required=True)
+    parser.add_argument("--out", required=True)
+
+
+def cli(args) -> None:
+    from .config import apply_threads, resolve_precision
+    from .io import staged, write_json
+
+    record = collect(resolve_precision(args.settings), apply_threads(args.settings))
+    with staged(args.out) as (tmp,):
+        write_json(tmp, record)

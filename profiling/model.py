@@ -174,3 +174,14 @@ def weight_bytes(model) -> int:
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
     return total
+
+
+# ---- command line (python -m profiling provision) -----------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def cli(args) -> None:
+    provision(args.model, args.out, seed=args.seed)

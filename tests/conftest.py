@@ -1,12 +1,31 @@
 """Shared fixtures: the tiny random model (built in memory, no files) and paths."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "tests" / "configs" / "smoke.yaml"
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the real workflow on the smoke config (tiny model) in `workdir`."""
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(SMOKE), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def workflow_run(tmp_path_factory) -> Path:
+    """The working directory of one complete `snakemake --cores 1` run on the smoke config (shared by tests)."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return workdir
 
 
 @pytest.fixture(scope="session")

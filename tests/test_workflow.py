@@ -9,28 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, snakemake
 
-SMOKE = REPO / "tests" / "configs" / "smoke.yaml"
 STAGE_LABELS = {"load_model", "load_tokenizer", "tokenize", "prefill", "decode_step[1]", "detokenize"}
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(workdir), "--configfile", str(SMOKE), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir
-
-
-def test_every_contract_file_is_written(run_dir):
-    reports = run_dir / "reports"
+def test_every_contract_file_is_written(workflow_run):
+    reports = workflow_run / "reports"
     for name in ("env.json", "report.md", "index.html", "PROGRESS.md", "progress.html", "records/d1_request.txt",
                  "data/d1_request/measurements.csv", "data/d1_request/meta.json", "data/d1_request/summary.csv",
                  "data/d1_request/operators.csv", "traces/d1_request/request.json.gz",
@@ -43,8 +28,8 @@ def test_every_contract_file_is_written(run_dir):
     assert meta["config"]["model"] == "tiny-random" and meta["run_tag"].endswith("cpu_float32")
 
 
-def test_trace_is_gzip_json_with_the_stage_labels(run_dir):
-    with gzip.open(run_dir / "reports/traces/d1_request/request.json.gz", "rt") as f:
+def test_trace_is_gzip_json_with_the_stage_labels(workflow_run):
+    with gzip.open(workflow_run / "reports/traces/d1_request/request.json.gz", "rt") as f:
         events = json.load(f)["traceEvents"]
     labels = {e["name"] for e in events if e.get("cat") == "user_annotation"}
     assert STAGE_LABELS <= labels
@@ -61,36 +46,36 @@ def local_links(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("page", ["report.md", "index.html", "PROGRESS.md", "progress.html"])
-def test_local_links_resolve(run_dir, page):
-    reports = run_dir / "reports"
+def test_local_links_resolve(workflow_run, page):
+    reports = workflow_run / "reports"
     links = local_links(reports / page)
     assert links, f"{page} links nothing"
     for link in links:
         assert (reports / link.split("#")[0]).exists(), f"{page} links missing {link}"
 
 
-def test_html_needs_no_network(run_dir):
-    html = (run_dir / "reports/index.html").read_text()
+def test_html_needs_no_network(workflow_run):
+    html = (workflow_run / "reports/index.html").read_text()
     assert not re.search(r'(?:href|src)="https?://', html)
     assert "<table>" in html and 'src="figures/d1_waterfall.png"' in html
 
 
-def test_report_states_measured_numbers(run_dir):
-    findings = json.loads((run_dir / "reports/data/d1_request/findings.json").read_text())
-    report = (run_dir / "reports/report.md").read_text()
+def test_report_states_measured_numbers(workflow_run):
+    findings = json.loads((workflow_run / "reports/data/d1_request/findings.json").read_text())
+    report = (workflow_run / "reports/report.md").read_text()
     assert f"{findings['e2e_p50_s']:.3f} s" in report  # the conclusion quotes this run's median
-    record = (run_dir / "reports/records/d1_request.txt").read_text()
+    record = (workflow_run / "reports/records/d1_request.txt").read_text()
     assert record.startswith("[d1_request") and "per_token_latency : [" in record
 
 
-def test_second_run_does_no_work(run_dir):
-    result = snakemake(run_dir, "--dry-run")
+def test_second_run_does_no_work(workflow_run):
+    result = snakemake(workflow_run, "--dry-run")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_progress_item_flips_when_its_artifact_is_removed(run_dir, tmp_path):
-    reports = run_dir / "reports"
+def test_progress_item_flips_when_its_artifact_is_removed(workflow_run, tmp_path):
+    reports = workflow_run / "reports"
     progress_cmd = [sys.executable, "-m", "profiling", "progress", "--reports", str(reports)]
     line = lambda: next(l for l in (reports / "PROGRESS.md").read_text().splitlines() if "分段 STATS" in l)
     assert "☑" in line()
@@ -106,12 +91,12 @@ def test_progress_item_flips_when_its_artifact_is_removed(run_dir, tmp_path):
     assert "☑" in line()
 
 
-def test_bad_config_stops_before_any_work_and_keeps_results(run_dir, tmp_path):
-    reports = run_dir / "reports"
+def test_bad_config_stops_before_any_work_and_keeps_results(workflow_run, tmp_path):
+    reports = workflow_run / "reports"
     before = {p: p.stat().st_mtime_ns for p in reports.rglob("*") if p.is_file()}
     bad = tmp_path / "bad.yaml"
     bad.write_text("d1:\n  repeats: 0\n")
-    result = snakemake(run_dir, "--configfile", str(bad))
+    result = snakemake(workflow_run, "--configfile", str(bad))
     assert result.returncode != 0
     assert "d1.repeats" in result.stdout + result.stderr
     after = {p: p.stat().st_mtime_ns for p in reports.rglob("*") if p.is_file()}

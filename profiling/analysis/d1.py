@@ -112,3 +112,16 @@ def analyze(settings: dict, measurements_path, trace_path, summary_path, operato
         summary.to_csv(summary_tmp, index=False)
         operators.to_csv(operators_tmp, index=False)
         write_json(findings_tmp, findings(measurements, operators, spans, cv_warn))
+
+
+# ---- command line (python -m profiling analyze-d1) -----------------------------------------------------------
+def add_arguments(parser) -> None:
+    from ..config import settings_arg
+
+    parser.add_argument("--settings", type=settings_arg, required=True)
+    for name in ("measurements", "trace", "summary", "operators", "findings"):
+        parser.add_argument(f"--{name}", required=True)
+
+
+def cli(args) -> None:
+    analyze(args.settings, args.measurements, args.trace, args.summary, args.operators, args.findings)

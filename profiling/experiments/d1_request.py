@@ -133,3 +133,17 @@ def run(settings: dict, measurements_path, meta_path, trace_path) -> None:
             "traced_wall_s": traced_wall_s,
             "trace_decode_steps": cfg["trace_decode_steps"],
         })
+
+
+# ---- command line (python -m profiling d1) -------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    from ..config import settings_arg
+
+    parser.add_argument("--settings", type=settings_arg, required=True)
+    parser.add_argument("--measurements", required=True)
+    parser.add_argument("--meta", required=True)
+    parser.add_argument("--trace", required=True)
+
+
+def cli(args) -> None:
+    run(args.settings, args.measurements, args.meta, args.trace)

@@ -128,3 +128,14 @@ def wall(reports: str | Path) -> dict:
     tables["done"] = sum(status.done for status in tables["checklist"])
     tables["total"] = len(CHECKLIST)
     return tables
+
+
+# ---- command line (python -m profiling progress) -------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--reports", default="reports", help="the reports/ directory to read and write")
+
+
+def cli(args) -> None:
+    from .render import render_progress
+
+    render_progress(args.reports)

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import jinja2
 import markdown
-import pandas as pd
 
 from ..config import REPO_ROOT
 from ..io import read_json, staged
-from . import charts, progress
+from . import d1, d2, d3_batching, d3_kvcache, progress
 
 TEMPLATES = REPO_ROOT / "templates"
+# The report's phase sections, in order. Each module has `view(reports, figures) -> dict | None` (None: not yet
+# measured), EXPERIMENT (its data directory name) and RECORD_TEMPLATE (its observation record, or None); its
+# Markdown is templates/partials/<name>.md.j2, given the view as `section`.
+SECTIONS = {"d1": d1, "d2": d2, "d3_batching": d3_batching, "d3_kvcache": d3_kvcache}
 MD_PAGES = {"report": "report.md", "progress": "PROGRESS.md"}
 HTML_PAGES = {"report": "index.html", "progress": "progress.html"}
 
@@ -54,45 +57,6 @@ def environment() -> jinja2.Environment:
     return env
 
 
-# ---- D1 view ------------------------------------------------------------------------------------------------
-def d1_view(reports: Path, figures: Path) -> dict | None:
-    """Everything the D1 section shows, or None when D1 has not been analysed in this reports/ directory."""
-    data = reports / "data" / "d1_request"
-    needed = [data / name for name in ("findings.json", "summary.csv", "operators.csv", "measurements.csv",
-                                       "meta.json")]
-    if not all(path.exists() for path in needed):
-        return None
-    findings = read_json(data / "findings.json")
-    meta = read_json(data / "meta.json")
-    summary = pd.read_csv(data / "summary.csv")
-    operators = pd.read_csv(data / "operators.csv")
-    measurements = pd.read_csv(data / "measurements.csv")
-    untraced = measurements[measurements["variant"] == "untraced"]
-    top = meta["config"]["d1"]["top_ops"]
-    key_metrics = summary[(summary["variant"] == "untraced") & summary["step"].isna()
-                          & summary["metric"].isin(["ttft_s", "tpot_s", "e2e_s", "output_tok_per_s"])]
-    step_medians = untraced[untraced["metric"] == "decode_step_s"].groupby("step")["value"].median()
-    return {
-        "findings": findings,
-        "meta": meta,
-        "stages": findings["stages"],
-        "key_metrics": key_metrics.to_dict(orient="records"),
-        "step_medians_ms": [round(v * 1e3, 1) for v in step_medians],
-        "operators": {stage: operators[operators["stage"] == stage].nlargest(top, "self_s").to_dict("records")
-                      for stage in ("prefill", "decode_step")},
-        "figures": {
-            "waterfall": charts.d1_waterfall(untraced, figures),
-            "token_latency": charts.d1_token_latency(untraced, figures),
-            "operators": charts.d1_operators(operators, figures, top),
-        },
-        "trace": "traces/d1_request/request.json.gz",
-        "measurements": "data/d1_request/measurements.csv",
-        "summary": "data/d1_request/summary.csv",
-        "operators_csv": "data/d1_request/operators.csv",
-        "record": "records/d1_request.txt",
-    }
-
-
 # ---- rendering ----------------------------------------------------------------------------------------------
 def _html_page(template: jinja2.Template, title: str, markdown_text: str) -> str:
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
@@ -119,12 +83,15 @@ def render_all(reports: str | Path) -> None:
     jinja = environment()
     figures = reports / "figures"
     env = read_json(reports / "env.json")
-    d1 = d1_view(reports, figures)
-    context = {"env": env, "d1": d1, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    sections = {name: module.view(reports, figures) for name, module in SECTIONS.items()}
+    context = {"env": env, "sections": sections,
+               "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     outputs = {}
-    if d1 is not None:
-        outputs[reports / "records" / "d1_request.txt"] = jinja.get_template("record_d1.txt.j2").render(**context)
+    for name, module in SECTIONS.items():
+        if sections[name] is not None and module.RECORD_TEMPLATE:
+            record = jinja.get_template(module.RECORD_TEMPLATE).render(section=sections[name], **context)
+            outputs[reports / "records" / f"{module.EXPERIMENT}.txt"] = record
     outputs[reports / "report.md"] = jinja.get_template("report.md.j2").render(pages=MD_PAGES, **context)
     html_md = jinja.get_template("report.md.j2").render(pages=HTML_PAGES, **context)
     outputs[reports / "index.html"] = _html_page(jinja.get_template("page.html.j2"), "llm-infer-baseline report",
@@ -133,3 +100,12 @@ def render_all(reports: str | Path) -> None:
         for temp, text in zip(temps, outputs.values()):
             temp.write_text(text)
     render_progress(reports)
+
+
+# ---- command line (python -m profiling report) ---------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--reports", default="reports", help="the reports/ directory to read and write")
+
+
+def cli(args) -> None:
+    render_all(args.reports)

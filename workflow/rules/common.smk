@@ -19,6 +19,10 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"config error: {error}")
 
+# Each phase's rule file appends the analysis outputs the report reads, and the records the report writes.
+REPORT_INPUTS = []
+REPORT_RECORDS = []
+
 TEMPLATES = sorted(glob.glob(os.path.join(workflow.basedir, "templates", "**", "*.j2"), recursive=True))
 
 # Every step runs the package with this interpreter; PYTHONPATH lets it run from any working directory.

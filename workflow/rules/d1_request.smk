@@ -36,3 +36,7 @@ rule d1_analysis:
         "{PROFILING} analyze-d1 --settings {params.settings:q} --measurements {input.measurements}"
         " --trace {input.trace} --summary {output.summary} --operators {output.operators}"
         " --findings {output.findings} 2>&1 | tee {log}"
+
+
+REPORT_INPUTS.extend([*rules.d1_analysis.output, rules.d1_request.output.meta, rules.d1_request.output.trace])
+REPORT_RECORDS.append("reports/records/d1_request.txt")

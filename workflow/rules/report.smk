@@ -1,18 +1,18 @@
 # The report: Markdown + HTML, the progress wall, the observation records and the figures.
+# Its inputs are what each phase's rule file registered in REPORT_INPUTS (workflow/rules/common.smk).
 
 
 rule report:
     input:
         env=rules.env.output,
-        d1=rules.d1_analysis.output,
-        d1_meta=rules.d1_request.output.meta,
+        analyses=REPORT_INPUTS,
         templates=TEMPLATES,
     output:
         md="reports/report.md",
         html="reports/index.html",
         progress_md="reports/PROGRESS.md",
         progress_html="reports/progress.html",
-        d1_record="reports/records/d1_request.txt",
+        records=REPORT_RECORDS,
     log:
         "reports/logs/report.log",
     shell:

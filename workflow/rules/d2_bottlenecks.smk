@@ -1,0 +1,1 @@
+# D2 bottlenecks rules (see ../../profiling/experiments/d2_bottlenecks.py).
