@@ -155,12 +155,18 @@ def resolve_precision(config: dict) -> Precision:
 
 
 def apply_threads(config: dict) -> int:
-    """Apply `threads:` (auto or a count) to torch's intra-op pool; return the thread count in use."""
+    """Apply `threads:` to torch's intra-op pool; return the thread count in use.
+
+    auto means one thread per physical core, set explicitly: Snakemake exports OMP_NUM_THREADS = the rule's
+    `threads` (1 under `--cores 1`), which would otherwise silently make torch single-threaded.
+    """
+    import psutil
     import torch
 
     threads = config.get("threads", "auto")
-    if threads != "auto":
-        torch.set_num_threads(int(threads))
+    if threads == "auto":
+        threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    torch.set_num_threads(int(threads))
     return torch.get_num_threads()
 
 

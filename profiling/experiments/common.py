@@ -15,7 +15,8 @@ CONTRACT_COLUMNS = ["experiment", "variant", "repeat", "request_id", "metric", "
 
 def unit_of(metric: str) -> str:
     """The unit a metric's name declares by its suffix (DESIGN.md: units are SI in names)."""
-    for suffix, unit in (("_tok_per_s", "tok/s"), ("_req_per_s", "req/s"), ("_bytes", "bytes"), ("_ms", "ms"),
+    for suffix, unit in (("_tok_per_s", "tok/s"), ("_req_per_s", "req/s"), ("_bytes_per_s", "bytes/s"),
+                         ("_flop_per_s", "FLOP/s"), ("_bytes", "bytes"), ("_flop", "FLOP"), ("_ms", "ms"),
                          ("_s", "s"), ("_tokens", "tokens"), ("_ratio", "ratio")):
         if metric.endswith(suffix):
             return unit

@@ -44,9 +44,11 @@ def _num(value, digits: int = 2) -> str:
 
 
 def _bytes(value) -> str:
-    """Bytes in binary units: MiB below 1 GiB, else GiB."""
+    """Bytes in binary units: KiB below 1 MiB, MiB below 1 GiB, else GiB."""
     if value is None:
         return "n/a"
+    if value < 2**20:
+        return f"{value / 2**10:.1f} KiB"
     return f"{value / 2**20:.1f} MiB" if value < 2**30 else f"{value / 2**30:.1f} GiB"
 
 
