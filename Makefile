@@ -29,6 +29,6 @@ quick: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-clean:
-	rm -rf reports/data reports/traces reports/figures reports/records reports/logs reports/*.md reports/*.html \
-	       reports/env.json .snakemake
+clean:  # generated reports only (reports/README.md stays); the converted model in resources/ stays too
+	rm -rf reports/data reports/traces reports/figures reports/records reports/logs reports/report.md \
+	       reports/PROGRESS.md reports/*.html reports/env.json .snakemake
