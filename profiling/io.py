@@ -39,3 +39,16 @@ def write_json(path, data) -> None:
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def read_data_files(directory, names) -> dict | None:
+    """Read the named files of an experiment's data directory: `.json` as JSON, `.csv` as a pandas DataFrame.
+
+    Returns {name: content}, or None when any of them is missing (the phase has not been analysed there)."""
+    import pandas as pd
+
+    directory = Path(directory)
+    if not all((directory / name).exists() for name in names):
+        return None
+    return {name: read_json(directory / name) if name.endswith(".json") else pd.read_csv(directory / name)
+            for name in names}

@@ -12,7 +12,6 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import read_json
+from ..io import read_data_files
 from .charts import STAGE_COLOURS, plt, save
 
 EXPERIMENT = "d1_request"
@@ -74,16 +74,12 @@ def d1_operators(operators: pd.DataFrame, figures: Path, top: int) -> str:
 
 def view(reports: Path, figures: Path) -> dict | None:
     """Everything the D1 section shows, or None when D1 has not been analysed in this reports/ directory."""
-    data = reports / "data" / "d1_request"
-    needed = [data / name for name in ("findings.json", "summary.csv", "operators.csv", "measurements.csv",
-                                       "meta.json")]
-    if not all(path.exists() for path in needed):
+    files = read_data_files(reports / "data" / EXPERIMENT, ("findings.json", "summary.csv", "operators.csv",
+                                                             "measurements.csv", "meta.json"))
+    if files is None:
         return None
-    findings = read_json(data / "findings.json")
-    meta = read_json(data / "meta.json")
-    summary = pd.read_csv(data / "summary.csv")
-    operators = pd.read_csv(data / "operators.csv")
-    measurements = pd.read_csv(data / "measurements.csv")
+    findings, meta, summary = files["findings.json"], files["meta.json"], files["summary.csv"]
+    operators, measurements = files["operators.csv"], files["measurements.csv"]
     untraced = measurements[measurements["variant"] == "untraced"]
     top = meta["config"]["d1"]["top_ops"]
     key_metrics = summary[(summary["variant"] == "untraced") & summary["step"].isna()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import read_json
+from ..io import read_data_files
 from .charts import plt, save
 
 EXPERIMENT = "d2_bottlenecks"
@@ -125,14 +125,12 @@ def breakdown_columns(breakdown: pd.DataFrame) -> tuple[list[str], list[dict]]:
 def view(reports: Path, figures: Path) -> dict | None:
     """Everything the D2 section shows, or None when D2 has not been analysed in this reports/ directory."""
     data = reports / DATA
-    needed = [data / name for name in ("findings.json", "roofline.csv", "breakdown.csv", "summary.csv",
-                                       "measurements.csv", "meta.json", "ceilings.json")]
-    if not all(path.exists() for path in needed):
+    files = read_data_files(data, ("findings.json", "roofline.csv", "breakdown.csv", "summary.csv",
+                                   "measurements.csv", "meta.json", "ceilings.json"))
+    if files is None:
         return None
-    findings = read_json(data / "findings.json")
-    meta = read_json(data / "meta.json")
-    points = pd.read_csv(data / "roofline.csv")
-    breakdown = pd.read_csv(data / "breakdown.csv")
+    findings, meta = files["findings.json"], files["meta.json"]
+    points, breakdown = files["roofline.csv"], files["breakdown.csv"]
     points = points.sort_values(["source", "stage", "batch_size", "prompt_tokens", "variant"],
                                 ascending=[True, False, True, True, True])
     headers, rows = breakdown_columns(breakdown) if not breakdown.empty else ([], [])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import read_json
+from ..io import read_data_files
 from .charts import STAGE_COLOURS, plt, save
 
 EXPERIMENT = "d3_batching"
@@ -225,16 +225,13 @@ def utilisation(telemetry: pd.DataFrame, timeline: pd.DataFrame, figures: Path) 
 
 def view(reports: Path, figures: Path) -> dict | None:
     """Everything the D3 batching section shows, or None when its analysis outputs are not in `reports`."""
-    data = reports / "data" / EXPERIMENT
-    if not all((data / name).exists() for name in DATA_FILES):
+    files = read_data_files(reports / "data" / EXPERIMENT, DATA_FILES)
+    if files is None:
         return None
-    findings = read_json(data / "findings.json")
-    meta = read_json(data / "meta.json")
-    measurements = pd.read_csv(data / "measurements.csv")
-    batches = pd.read_csv(data / "batch_table.csv")
-    dynamic = pd.read_csv(data / "dynamic_table.csv")  # never empty: the baseline and operating point always run
-    timeline = pd.read_csv(data / "timeline.csv")
-    telemetry = pd.read_csv(data / "telemetry.csv")
+    findings, meta, measurements = files["findings.json"], files["meta.json"], files["measurements.csv"]
+    batches = files["batch_table.csv"]
+    dynamic = files["dynamic_table.csv"]  # never empty: the baseline and operating point always run
+    timeline, telemetry = files["timeline.csv"], files["telemetry.csv"]
     cfg = meta["config"]["d3_batching"]
     traces = [{"batch_size": size, "path": f"traces/{EXPERIMENT}/static_b{size}.json.gz",
                "oom": size in findings["oom_batch_sizes"]} for size in cfg["batch_sizes"]]

@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ..analysis.d3_kvcache import SPEEDUP_TARGET, step_latency
-from ..io import read_json
+from ..io import read_data_files
 from .charts import plt, save
 
 EXPERIMENT = "d3_kvcache"
@@ -120,15 +120,12 @@ def memory_chart(memory: pd.DataFrame, findings: dict, figures: Path) -> str:
 def view(reports: Path, figures: Path) -> dict | None:
     """Everything the D3 KV-cache section shows, or None when its analysis outputs are not in `reports`."""
     data = reports / DATA
-    needed = [data / name for name in ("findings.json", "table.csv", "memory.csv", "measurements.csv", "meta.json",
-                                       "summary.csv")]
-    if not all(path.exists() for path in needed):
+    files = read_data_files(data, ("findings.json", "table.csv", "memory.csv", "measurements.csv", "meta.json",
+                                   "summary.csv"))
+    if files is None:
         return None
-    findings = read_json(data / "findings.json")
-    meta = read_json(data / "meta.json")
-    table = pd.read_csv(data / "table.csv")
-    memory = pd.read_csv(data / "memory.csv")
-    measurements = pd.read_csv(data / "measurements.csv")
+    findings, meta = files["findings.json"], files["meta.json"]
+    table, memory, measurements = files["table.csv"], files["memory.csv"], files["measurements.csv"]
     steps = step_latency(measurements)
     loads = measurements[measurements["variant"] == "load"].set_index("metric")["value"]
     ok = table[~table["oom"]]
