@@ -19,7 +19,6 @@ from profiling.model import build_tiny_tokenizer, provision
 from profiling.shapes import Shapes, kv_cache_bytes
 
 REPO = Path(__file__).resolve().parent.parent
-SMOLLM2_DIR = REPO / "resources" / "models" / "smollm2-135m-instruct"
 
 
 def kv_settings(**overrides) -> dict:
@@ -124,11 +123,13 @@ def test_prompts_have_exact_token_counts_cut_from_real_text(tiny):
     assert tokenizer.decode(d3_kvcache.prompt_ids(tokenizer, 20)) == d3_kvcache.SOURCE_TEXT[:20]  # bytes = chars
 
 
-@pytest.mark.skipif(not SMOLLM2_DIR.exists(), reason="the SmolLM2 model is not provisioned here")
 def test_prompts_have_exact_token_counts_with_the_smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2_DIR)
+    from profiling.model import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()  # the embedded default's tokenizer, read from its GGUF (no conversion needed)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     for length in (10, 50, 200, 500, 1000):
         ids = d3_kvcache.prompt_ids(tokenizer, length)
         assert len(ids) == length and tokenizer.decode(ids[:5]).startswith("When on board")
