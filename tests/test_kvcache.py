@@ -18,7 +18,6 @@ from profiling.kv_memory import cache_tensor_bytes, cached_positions
 from profiling.model import build_tiny_tokenizer, provision
 from profiling.shapes import Shapes, kv_cache_bytes
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def kv_settings(**overrides) -> dict:
