@@ -19,7 +19,6 @@ from profiling.model import build_tiny_tokenizer, provision
 from profiling.shapes import Shapes, kv_cache_bytes
 
 
-
 def kv_settings(**overrides) -> dict:
     """A checked config slice for the experiment on the tiny model (seconds-long)."""
     cfg = {"prompt_lengths": [8, 32], "max_new_tokens": 5, "no_cache_max_new_tokens": 4, "repeats": 2,
