@@ -39,7 +39,7 @@ from ..shapes import Shapes
 from .costs import decode_context_tokens, decode_step_cost, prefill_cost
 from .op_categories import CATEGORIES, category_table
 from .summary import read_measurements, summary_table
-from .trace_ops import StageIndex, load_events, stage_group, stage_spans
+from .trace_ops import StageIndex, kernel_launches, load_events, stage_group, stage_spans
 
 TIMING_METRICS = {"prefill_s": "prefill", "decode_step_s": "decode"}
 HOST = "host (outside operators)"
@@ -231,8 +231,7 @@ def gpu_timeline(trace_path) -> list[dict]:
         return []
     annotations = [e for e in events if e.get("cat") == "user_annotation"]
     index = StageIndex(annotations)
-    launches = {e["args"]["correlation"]: e for e in events
-                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    launches = kernel_launches(events)
     by_stage: dict = {}
     for event in kernels:
         launch = launches.get(event.get("args", {}).get("correlation"))

@@ -31,7 +31,7 @@ from bisect import bisect_right
 import pandas as pd
 
 from ..shapes import Shapes
-from .trace_ops import StageIndex, load_events, stage_group
+from .trace_ops import StageIndex, cpu_ops_by_thread, kernel_launches, load_events, stage_group
 
 CATEGORIES = ["linear", "attention", "norm", "activation", "rotary", "embedding", "lm_head", "sampling",
               "kv_cache", "other"]
@@ -161,10 +161,8 @@ def _categorised_ops(ops: list[dict], shapes: Shapes) -> list[tuple[dict, str, f
 def _launch_categories(events: list[dict], categorised: dict) -> dict:
     """correlation id -> category of the CPU operator that launched it (innermost operator enclosing the launch
     on its thread). `categorised` maps (pid, tid) to that thread's _categorised_ops result."""
-    launches = [e for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver")
-                and "correlation" in e.get("args", {})]
     by_thread: dict = {}
-    for launch in launches:
+    for launch in kernel_launches(events).values():
         by_thread.setdefault((launch["pid"], launch["tid"]), []).append(launch)
     categories = {}
     for key, thread_launches in by_thread.items():
@@ -188,13 +186,8 @@ def category_table(path, shapes: Shapes) -> pd.DataFrame:
     """
     events = load_events(path)
     index = StageIndex([e for e in events if e.get("cat") == "user_annotation"])
-    ops_by_thread: dict = {}
-    for event in events:
-        if event.get("cat") == "cpu_op":
-            ops_by_thread.setdefault((event["pid"], event["tid"]), []).append(event)
     rows, categorised = [], {}
-    for (pid, tid), ops in ops_by_thread.items():
-        ops.sort(key=lambda e: (e["ts"], -e["dur"]))
+    for (pid, tid), ops in cpu_ops_by_thread(events).items():
         categorised[(pid, tid)] = _categorised_ops(ops, shapes)
         for op, category, self_us in categorised[(pid, tid)]:
             stage = index.stage_at(pid, tid, op["ts"])
@@ -203,8 +196,7 @@ def category_table(path, shapes: Shapes) -> pd.DataFrame:
     kernels = [e for e in events if e.get("cat") == "kernel"]
     if kernels:
         launch_category = _launch_categories(events, categorised)
-        launches = {e["args"]["correlation"]: e for e in events
-                    if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+        launches = kernel_launches(events)
         for kernel in kernels:
             correlation = kernel.get("args", {}).get("correlation")
             launch = launches.get(correlation)

@@ -25,6 +25,23 @@ def load_events(path) -> list[dict]:
     return [event for event in trace["traceEvents"] if event.get("ph") == "X"]
 
 
+def cpu_ops_by_thread(events: list[dict]) -> dict:
+    """The aten operator events of each (pid, tid), sorted by start (an enclosing operator before its children)."""
+    by_thread: dict = {}
+    for event in events:
+        if event.get("cat") == "cpu_op":
+            by_thread.setdefault((event["pid"], event["tid"]), []).append(event)
+    for ops in by_thread.values():
+        ops.sort(key=lambda e: (e["ts"], -e["dur"]))
+    return by_thread
+
+
+def kernel_launches(events: list[dict]) -> dict:
+    """correlation id -> the CUDA runtime or driver call that launched the kernel with that id."""
+    return {e["args"]["correlation"]: e for e in events
+            if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+
+
 def stage_group(name: str) -> str:
     """`decode_step[7]` -> `decode_step`; other labels unchanged."""
     return STEP_INDEX.sub("", name)
@@ -73,19 +90,13 @@ def operator_table(path) -> pd.DataFrame:
     events = load_events(path)
     index = StageIndex([e for e in events if e.get("cat") == "user_annotation"])
     rows = []
-    ops_by_thread: dict = {}
-    for event in events:
-        if event.get("cat") == "cpu_op":
-            ops_by_thread.setdefault((event["pid"], event["tid"]), []).append(event)
-    for (pid, tid), ops in ops_by_thread.items():
-        ops.sort(key=lambda e: (e["ts"], -e["dur"]))
+    for (pid, tid), ops in cpu_ops_by_thread(events).items():
         self_us = _self_times(ops)
         for position, op in enumerate(ops):
             stage = index.stage_at(pid, tid, op["ts"])
             rows.append({"stage": stage_group(stage) if stage else "(outside stages)", "device": "cpu",
                          "op": op["name"], "self_s": self_us[position] / 1e6, "total_s": op["dur"] / 1e6})
-    launches = {e["args"]["correlation"]: e for e in events
-                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+    launches = kernel_launches(events)
     for kernel in (e for e in events if e.get("cat") == "kernel"):
         launch = launches.get(kernel.get("args", {}).get("correlation"))
         stage = index.stage_at(launch["pid"], launch["tid"], launch["ts"]) if launch else None
