@@ -148,13 +148,16 @@ def feed(batcher: DynamicBatcher, requests: list[Request], arrivals_s: list[floa
          clock: Callable[[], float] = time.perf_counter) -> None:
     """Open-loop producer: put each request at `start + arrivals_s[i]` on `clock` (seconds), then close.
 
-    Open loop: arrivals follow their schedule whatever the worker is doing, as real users do."""
-    for request, arrival in zip(requests, arrivals_s):
-        delay = start + arrival - clock()
-        if delay > 0:
-            time.sleep(delay)
-        batcher.put(request)
-    batcher.close()
+    Open loop: arrivals follow their schedule whatever the worker is doing, as real users do. The batcher is
+    closed even if putting fails, so the worker never waits for requests that cannot come."""
+    try:
+        for request, arrival in zip(requests, arrivals_s, strict=True):
+            delay = start + arrival - clock()
+            if delay > 0:
+                time.sleep(delay)
+            batcher.put(request)
+    finally:
+        batcher.close()
 
 
 def start_producer(batcher: DynamicBatcher, requests: list[Request], arrivals_s: list[float],

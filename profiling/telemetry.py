@@ -136,14 +136,15 @@ class Telemetry:
                 self.rows.append((t_s, metric, value, unit, None))
 
     def _run(self) -> None:
-        next_at = time.perf_counter()
-        while not self._stop.is_set():
+        # The first sample comes one period after start(): psutil's counters started in start(), and a reading
+        # over a near-zero interval is noise (e.g. a process share of 1000%).
+        next_at = time.perf_counter() + self.period_s
+        while not self._stop.wait(max(0.0, next_at - time.perf_counter())):
             self.sample_once()
             next_at += self.period_s
             now = time.perf_counter()
             if next_at < now:  # fell behind (e.g. the GIL was busy): skip the missed ticks, never sample twice
                 next_at = now + self.period_s  # in a row (psutil reads 0% over a zero-length interval)
-            self._stop.wait(next_at - now)
 
     def samples(self) -> pd.DataFrame:
         """The series so far, tidy: t_s (seconds since origin), metric, value, unit, core (per-core rows only)."""

@@ -40,7 +40,7 @@ def test_every_model_part_is_found_in_a_real_decode_trace(tiny_trace):
     table = category_table(path, shapes)
     decode = table[(table["stage"] == "decode_step") & (table["device"] == "cpu")].set_index("category")
     assert set(CATEGORIES) - {"other"} <= set(decode.index)
-    assert (decode["self_s"] > 0).all()
+    assert (decode["calls"] > 0).all() and (decode["self_s"] >= 0).all()
     # most operator time is attributed to a model part, not left as "other"
     assert decode.loc["other", "share_of_stage"] < 0.25
     # the categories partition the same self time as the operator table, stage by stage

@@ -13,7 +13,7 @@ from profiling.analysis import d3_kvcache as kv_analysis
 from profiling.config import ConfigError, check_config, experiment_config
 from profiling.engine import generate
 from profiling.experiments import d3_kvcache
-from profiling.experiments.common import CONTRACT_COLUMNS
+from profiling.experiments.common import CONTRACT_COLUMNS, is_out_of_memory
 from profiling.kv_memory import cache_tensor_bytes, cached_positions
 from profiling.model import build_tiny_tokenizer, provision
 from profiling.shapes import Shapes, kv_cache_bytes
@@ -239,7 +239,9 @@ def test_out_of_memory_is_a_row_and_the_sweep_goes_on(tiny_dir, tmp_path, monkey
 
 
 def test_a_real_error_is_not_taken_for_out_of_memory():
-    assert d3_kvcache.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
-    assert d3_kvcache.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
-    assert d3_kvcache.is_out_of_memory(MemoryError())
-    assert not d3_kvcache.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError) as error:  # the CPU allocator's own refusal (nothing is allocated)
+        torch.empty(2**50, dtype=torch.float32)
+    assert is_out_of_memory(error.value)

@@ -149,7 +149,7 @@ def roofline_points(forwards: pd.DataFrame, roofs: dict, overhead_threshold: flo
             "context_min": int(group["context"].min()),
             "context_max": int(group["context"].max()),
             "seconds_per_forward": float(seconds_per_forward.median()),
-            "seconds_cv": float(runs["seconds"].std(ddof=1) / runs["seconds"].mean()) if len(runs) > 1 else 0.0,
+            "seconds_cv": float(runs["seconds"].std(ddof=1) / runs["seconds"].mean()) if len(runs) > 1 else float("nan"),
             **{f"{name}_per_forward": float(group[name].sum() / forwards_total) for name in COST_COLUMNS},
             "intensity": float(intensity),
             "achieved_flop_per_s": achieved_flops,
@@ -315,7 +315,7 @@ def verdict_summary(decode: dict | None, prefill: dict | None, host_share: float
                      f"= {_percent(decode['mbu'])} of measured bandwidth ({decode['verdict']}, "
                      f"MFU {_percent(decode['mfu'])})")
     if prefill:
-        parts.append(f"prefill at batch {prefill['batch_size']} reaches "
+        parts.append(f"the best prefill (batch {prefill['batch_size']}) reaches "
                      f"{prefill['achieved_flop_per_s'] / 1e9:.1f} GFLOP/s = {_percent(prefill['mfu'])} of measured "
                      f"matmul FLOP/s ({prefill['verdict']})")
     if host_share is not None and np.isfinite(host_share):

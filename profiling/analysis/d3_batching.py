@@ -357,9 +357,19 @@ def findings(measurements: pd.DataFrame, batches: pd.DataFrame, dynamic: pd.Data
     }
 
 
+def one_row_per_static_batch(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Drop the copies of a static batch's per-request rows: every request of a static batch shares its one
+    prefill and its one end, so its B ttft/tpot/e2e rows hold one measurement, not B. Statistics over the copies
+    would report n = B x repeats and a falsely narrow confidence interval. Dynamic runs are left as they are."""
+    static_copy = (measurements["variant"].str.startswith("static_b")
+                   & measurements["metric"].isin(["ttft_s", "tpot_s", "e2e_s"])
+                   & measurements.duplicated(["variant", "repeat", "metric"]))
+    return measurements[~static_copy]
+
+
 def analyze(settings: dict, measurements_path, timeline_path, telemetry_path, summary_path, batch_table_path,
             dynamic_table_path, findings_path) -> None:
-    measurements = read_measurements(measurements_path)
+    measurements = one_row_per_static_batch(read_measurements(measurements_path))
     timeline = pd.read_csv(timeline_path)
     telemetry = pd.read_csv(telemetry_path)
     summary = summary_table(measurements, ["variant", "metric", "step"], settings["cv_warn"])

@@ -1,6 +1,7 @@
 """What every experiment shares: tidy measurement rows, meta.json, model/tokenizer set-up, the prompt."""
 from __future__ import annotations
 
+import gc
 import time
 from datetime import datetime, timezone
 
@@ -78,3 +79,22 @@ def render_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
     return prompt
+
+
+# ---- out of memory: a data point, not a crash ---------------------------------------------------------------
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for the errors that mean "this setting does not fit": torch's CUDA OutOfMemoryError, the CPU
+    allocator's RuntimeError ("can't allocate memory" / "out of memory"), and Python's MemoryError."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+def release_memory(device: str) -> None:
+    """Give back what a failed setting left allocated, so the next setting starts clean."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()

@@ -34,14 +34,11 @@ from ..io import staged, write_json
 from ..shapes import Shapes
 from ..timing import timing_method
 from ..tracing import export_gzip_trace, profiled
-from .common import Measurements, Run
+from .common import Measurements, Run, is_out_of_memory, release_memory
 
 EXPERIMENT = "d2_bottlenecks"
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for the errors an allocation failure raises (CUDA or host)."""
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
 
 
 def synthetic_prompts(vocab: int, batch: int, prompt_tokens: int, seed: int, device: str):
@@ -113,8 +110,7 @@ def batch_sweep(model, vocab: int, cfg: dict, settings: dict, device: str, threa
             out_of_memory.append(batch)
             rows.add(f"b{batch}", 0, "oom", 1, request_id=-1, **knobs)
             write_empty_trace(trace_paths[batch])
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            release_memory(device)
     return out_of_memory
 
 

@@ -19,7 +19,6 @@ Out of memory at one batch size (or in one dynamic batch) is recorded as a row (
 """
 from __future__ import annotations
 
-import gc
 import gzip
 import json
 import time
@@ -39,26 +38,15 @@ from ..io import staged
 from ..telemetry import Telemetry
 from ..timing import StageClock, output_tok_per_s, sync, timing_method, tpot_s
 from ..tracing import export_gzip_trace, profiled
-from .common import Measurements, Run, render_prompt
+from .common import Measurements, Run, is_out_of_memory, release_memory, render_prompt
 
 EXPERIMENT = "d3_batching"
 TIMELINE_COLUMNS = ["variant", "repeat", "request_id", "batch_index", "batch_size", "run_start_s", "arrival_s",
                     "launch_s", "first_token_s", "done_s", "output_tokens"]
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for an out-of-memory error of torch (CUDA), of the allocator (RuntimeError "out of memory") or Python."""
-    oom_type = getattr(torch, "OutOfMemoryError", None)
-    if (oom_type is not None and isinstance(error, oom_type)) or isinstance(error, MemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def free_memory(device: str) -> None:
-    """Release what a failed batch left behind, so the next setting starts clean."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def static_variant(batch_size: int) -> str:
@@ -238,7 +226,7 @@ def static_sweep(model, tokenizer, texts: list[str], cfg: dict, device: str, ori
                      max_new_tokens=max_new)
             oom_sizes.append(batch_size)
             prompt_tokens.pop(batch_size, None)
-            free_memory(device)
+            release_memory(device)
             tqdm.write(f"d3 static b{batch_size}: out of memory ({type(error).__name__}); recorded, going on")
     return {"prompt_tokens": prompt_tokens, "oom_batch_sizes": oom_sizes}
 
@@ -283,7 +271,7 @@ def traced_batches(model, tokenizer, texts: list[str], cfg: dict, device: str, t
         except Exception as error:  # noqa: BLE001
             if not is_out_of_memory(error):
                 raise
-            free_memory(device)
+            release_memory(device)
             write_oom_trace(path, batch_size)
             continue
         export_gzip_trace(prof, path)
@@ -351,7 +339,7 @@ def serve(model, tokenizer, texts: list[str], setting: DynamicSetting, max_new_t
     batcher = DynamicBatcher(setting.max_batch, setting.wait_window_ms / 1000.0, clock=time.perf_counter)
     run_start = time.perf_counter()
     producer = start_producer(batcher, requests, setting.arrivals(seed), run_start)
-    batch_index, generated, last_done = 0, 0, run_start
+    batch_index, served, generated, last_done = 0, 0, 0, run_start
     while (batch := batcher.next_batch()) is not None:
         clock = StageClock(device)  # its origin is the launch time
         ids = [request.request_id for request in batch]
@@ -361,7 +349,7 @@ def serve(model, tokenizer, texts: list[str], setting: DynamicSetting, max_new_t
         except Exception as error:  # noqa: BLE001
             if not is_out_of_memory(error):
                 raise
-            free_memory(device)
+            release_memory(device)
             rows.add(variant, repeat, "oom", 1, request_id=-1, batch_index=batch_index, batch_size=len(batch),
                      **knobs)
             batch_index += 1
@@ -380,6 +368,7 @@ def serve(model, tokenizer, texts: list[str], setting: DynamicSetting, max_new_t
                  **knobs)
         add_timeline(timeline, variant, repeat, batch_index, result, origin, ids,
                      arrivals=[request.arrival_s for request in batch], run_start=run_start)
+        served += len(batch)
         generated += len(batch) * result.output_tokens
         last_done = max(last_done, done)
         batch_index += 1
@@ -387,8 +376,8 @@ def serve(model, tokenizer, texts: list[str], setting: DynamicSetting, max_new_t
     wall = last_done - run_start
     rows.add(variant, repeat, "wall_s", wall, request_id=-1, **knobs)
     rows.add(variant, repeat, "output_tok_per_s", output_tok_per_s(generated, wall), request_id=-1, **knobs)
-    rows.add(variant, repeat, "request_per_s", setting.requests / wall if wall > 0 else float("nan"),
-             request_id=-1, **knobs)
+    rows.add(variant, repeat, "request_per_s", served / wall if wall > 0 else float("nan"),  # out-of-memory
+             request_id=-1, **knobs)                                                           # batches excluded
 
 
 # ---- the whole experiment -----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ An out-of-memory error at one setting is recorded as a row (metric `oom`, value 
 """
 from __future__ import annotations
 
-import gc
 import gzip
 import json
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..kv_memory import bytes_per_token, cache_tensor_bytes, cached_positions
 from ..shapes import Shapes, kv_cache_bytes
 from ..timing import output_tok_per_s, timing_method, tpot_s
 from ..tracing import export_gzip_trace, profiled
-from .common import Measurements, Run
+from .common import Measurements, Run, is_out_of_memory, release_memory
 from .d1_request import timed_loads
 
 EXPERIMENT = "d3_kvcache"
@@ -143,19 +142,8 @@ class AllocatorPeak:
         return torch.cuda.max_memory_allocated() - self.start_bytes
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for the errors that mean "this setting does not fit": CUDA OOM, CPU allocation failure, MemoryError."""
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
-def release_memory(device: str) -> None:
-    """Give back what a failed setting left allocated, so the next setting starts clean."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 # ---- one setting -----------------------------------------------------------------------------------------------
@@ -313,10 +301,11 @@ def run(settings: dict, measurements_path, meta_path, traces: list) -> None:
         if on is not None and off is not None:
             tokens_match[str(p)] = bool(torch.equal(on[:, :off.shape[1]], off))
 
-    # 2. Memory: one run per prompt length at each larger batch size, cache on (no warm-up of their own).
+    # 2. Memory: one timed run per prompt length at each larger batch size, cache on, after the same short
+    #    warm-up as every setting (its timing rows are roofline points for D2, so they follow the same rules).
     for setting in memory:
         progress.set_postfix_str(setting.variant)
-        measure_setting(model, prompts[setting.prompt_tokens], setting, 1, 0, device, rows, shapes,
+        measure_setting(model, prompts[setting.prompt_tokens], setting, 1, cfg["warmup"], device, rows, shapes,
                         bytes_per_element, progress)
 
     # 3. Traces: one short traced run per latency setting, then write everything at once.
