@@ -7,6 +7,7 @@ operators (and, on CUDA, the kernels) they ran, so the trace opens in Perfetto o
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -37,4 +38,13 @@ def export_gzip_trace(prof, path: str | os.PathLike) -> Path:
             shutil.copyfileobj(src, dst)
     finally:
         raw.unlink(missing_ok=True)
+    return path
+
+
+def write_empty_trace(path: str | os.PathLike, note: str) -> Path:
+    """Write a valid gzip Chrome trace with no events and `note` saying why (e.g. the setting ran out of memory),
+    so every declared trace file exists and opens."""
+    path = Path(path)
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": [], "otherData": {"note": note}}, f)
     return path

@@ -19,8 +19,6 @@ trace file is then an empty Chrome trace.
 """
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from ..engine import generate
 from ..io import staged, write_json
 from ..shapes import Shapes
 from ..timing import timing_method
-from ..tracing import export_gzip_trace, profiled
+from ..tracing import export_gzip_trace, profiled, write_empty_trace
 from .common import Measurements, Run, is_out_of_memory, release_memory
 
 EXPERIMENT = "d2_bottlenecks"
@@ -84,12 +82,6 @@ def traced_generation(model, input_ids, attention_mask, cfg: dict, device: str, 
     record_generation(rows, variant, 0, generation, knobs)
 
 
-def write_empty_trace(path) -> None:
-    """A valid Chrome trace with no events (for a batch size that ran out of memory)."""
-    with gzip.open(path, "wt") as f:
-        json.dump({"traceEvents": []}, f)
-
-
 def batch_sweep(model, vocab: int, cfg: dict, settings: dict, device: str, threads: int, rows: Measurements,
                 trace_paths: dict) -> list[int]:
     """Timed and traced generations at each batch size; returns the batch sizes that ran out of memory."""
@@ -109,7 +101,7 @@ def batch_sweep(model, vocab: int, cfg: dict, settings: dict, device: str, threa
                 raise
             out_of_memory.append(batch)
             rows.add(f"b{batch}", 0, "oom", 1, request_id=-1, **knobs)
-            write_empty_trace(trace_paths[batch])
+            write_empty_trace(trace_paths[batch], f"batch {batch} ran out of memory")
             release_memory(device)
     return out_of_memory
 

@@ -19,8 +19,6 @@ Out of memory at one batch size (or in one dynamic batch) is recorded as a row (
 """
 from __future__ import annotations
 
-import gzip
-import json
 import time
 from dataclasses import dataclass
 
@@ -37,7 +35,7 @@ from ..engine import encode_prompts, generate
 from ..io import staged
 from ..telemetry import Telemetry
 from ..timing import StageClock, output_tok_per_s, sync, timing_method, tpot_s
-from ..tracing import export_gzip_trace, profiled
+from ..tracing import export_gzip_trace, profiled, write_empty_trace
 from .common import Measurements, Run, is_out_of_memory, release_memory, render_prompt
 
 EXPERIMENT = "d3_batching"
@@ -247,12 +245,6 @@ def add_timeline(timeline: list[dict], variant: str, repeat: int, batch_index: i
 
 
 # ---- 3: one short traced batch per batch size ---------------------------------------------------------------
-def write_oom_trace(path, batch_size: int) -> None:
-    """A valid (empty) Chrome trace saying why there is no trace: the batch ran out of memory."""
-    with gzip.open(path, "wt") as f:
-        json.dump({"traceEvents": [], "otherData": {"note": f"batch {batch_size} ran out of memory"}}, f)
-
-
 def traced_batches(model, tokenizer, texts: list[str], cfg: dict, device: str, trace_paths: list,
                    oom_sizes: list[int], rows: Measurements) -> None:
     """One traced batch per batch size (prefill + trace_decode_steps decode steps) into its trace file, and the
@@ -261,7 +253,7 @@ def traced_batches(model, tokenizer, texts: list[str], cfg: dict, device: str, t
     frame = rows.frame()
     for batch_size, path in zip(cfg["batch_sizes"], trace_paths):
         if batch_size in oom_sizes:
-            write_oom_trace(path, batch_size)
+            write_empty_trace(path, f"batch {batch_size} ran out of memory")
             continue
         batch_texts = static_batch(texts, batch_size)
         try:
@@ -272,7 +264,7 @@ def traced_batches(model, tokenizer, texts: list[str], cfg: dict, device: str, t
             if not is_out_of_memory(error):
                 raise
             release_memory(device)
-            write_oom_trace(path, batch_size)
+            write_empty_trace(path, f"batch {batch_size} ran out of memory")
             continue
         export_gzip_trace(prof, path)
         traced_steps = [span.seconds for span in result.clock.spans if span.name.startswith("decode_step[")]

@@ -19,8 +19,6 @@ An out-of-memory error at one setting is recorded as a row (metric `oom`, value 
 """
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import torch
@@ -33,7 +31,7 @@ from ..io import staged
 from ..kv_memory import bytes_per_token, cache_tensor_bytes, cached_positions
 from ..shapes import Shapes, kv_cache_bytes
 from ..timing import output_tok_per_s, timing_method, tpot_s
-from ..tracing import export_gzip_trace, profiled
+from ..tracing import export_gzip_trace, profiled, write_empty_trace
 from .common import Measurements, Run, is_out_of_memory, release_memory
 from .d1_request import timed_loads
 
@@ -244,8 +242,7 @@ def traced_run(model, ids: list[int], setting: Setting, decode_steps: int, devic
         if not is_out_of_memory(error):
             raise
     release_memory(device)  # out of memory (see measure_setting)
-    with gzip.open(trace_path, "wt") as f:
-        json.dump({"traceEvents": [], "otherData": {"note": f"{setting.variant}: out of memory"}}, f)
+    write_empty_trace(trace_path, f"{setting.variant}: out of memory")
     return {"oom": True}
 
 
