@@ -177,7 +177,11 @@ def settings_arg(text: str) -> dict:
     return json.loads(text)
 
 
+def run_config(config: dict) -> dict:
+    """The run-wide keys every step depends on: model, device, dtype, threads, seed, cv_warn."""
+    return {key: config[key] for key in ("model", "device", "dtype", "threads", "seed", "cv_warn")}
+
+
 def experiment_config(config: dict, experiment: str) -> dict:
     """The slice of the config one experiment depends on: its own section plus the run-wide keys."""
-    shared = {key: config[key] for key in ("model", "device", "dtype", "threads", "seed", "cv_warn")}
-    return {**shared, experiment: config[experiment]}
+    return {**run_config(config), experiment: config[experiment]}

@@ -8,7 +8,7 @@ sys.path.insert(0, workflow.basedir)
 
 from snakemake.exceptions import WorkflowError
 
-from profiling.config import ConfigError, check_config, experiment_config, resolve_precision
+from profiling.config import ConfigError, check_config, experiment_config, resolve_precision, run_config
 from profiling.model import provisioned_dir
 
 # Check the whole config (and that the asked-for device exists) before any job starts, so a bad value stops the
@@ -29,9 +29,11 @@ TEMPLATES = sorted(glob.glob(os.path.join(workflow.basedir, "templates", "**", "
 PROFILING = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} {sys.executable} -m profiling"
 
 
-def settings(experiment):
-    """The JSON config slice an experiment depends on; a change to it re-runs that experiment (params trigger)."""
-    return json.dumps(experiment_config(CONFIG, experiment), sort_keys=True)
+def settings(experiment=None):
+    """The JSON config slice a step depends on (an experiment's section plus the run-wide keys, or the run-wide
+    keys alone); a change to it re-runs that step (params trigger)."""
+    slice_ = experiment_config(CONFIG, experiment) if experiment else run_config(CONFIG)
+    return json.dumps(slice_, sort_keys=True)
 
 
 def model_files(wildcards=None):

@@ -5,7 +5,7 @@ rule env:
     output:
         "reports/env.json",
     params:
-        settings=lambda wildcards: settings("d1"),
+        settings=lambda wildcards: settings(),
     log:
         "reports/logs/env.log",
     shell:
