@@ -1,11 +1,14 @@
 """Command line: every workflow step can be run by hand, e.g.
 
     python -m profiling provision --model tiny-random --out resources/models/tiny-random
-    python -m profiling d1 --settings '{"model": …}' --measurements m.csv --meta meta.json --trace t.json.gz
+    python -m profiling d1_request --settings '{"model": …}' --measurements m.csv --meta meta.json --trace t.json.gz
+    python -m profiling d1_request_analysis --settings '{…}' --measurements m.csv --trace t.json.gz …
+    python -m profiling serve --port 8000
 
 `--settings` is the JSON slice of the checked config the step depends on (the Snakefile passes it).
-Each command lives in the module named in COMMANDS, which defines `add_arguments(parser)` and `cli(args)`; only
-the chosen command's module is imported (so `report` does not pay for importing torch).
+Each phase of the registry (profiling/phases) gives two commands: `<phase>` (its experiment) and
+`<phase>_analysis`. Each command's module defines `add_arguments(parser)` and `cli(args)`; only the chosen
+command's module is imported (so `report` does not pay for importing torch).
 Errors in the config are printed as one clear message and exit with status 2.
 """
 from __future__ import annotations
@@ -14,23 +17,21 @@ import argparse
 import importlib
 import sys
 
+from . import phases
 from .config import ConfigError
 
-# command name -> (module, one-line help)
+# command name -> (module, one-line help); the phases' commands are added from the registry below.
 COMMANDS = {
     "provision": ("profiling.model", "convert/build a named model into a safetensors directory"),
     "env": ("profiling.env", "write the hardware/software record (env.json)"),
-    "d1": ("profiling.experiments.d1_request", "run the D1 request-anatomy experiment"),
-    "analyze-d1": ("profiling.analysis.d1", "summarise D1 measurements and its trace"),
-    "d2": ("profiling.experiments.d2_bottlenecks", "run the D2 bottleneck measurements (ceilings, traces)"),
-    "analyze-d2": ("profiling.analysis.d2_bottlenecks", "analytic model, roofline and time breakdown for D2"),
-    "d3-batching": ("profiling.experiments.d3_batching", "run the D3 static and dynamic batching experiment"),
-    "analyze-d3-batching": ("profiling.analysis.d3_batching", "summarise the D3 batching measurements"),
-    "d3-kvcache": ("profiling.experiments.d3_kvcache", "run the D3 KV-cache experiment"),
-    "analyze-d3-kvcache": ("profiling.analysis.d3_kvcache", "summarise the D3 KV-cache measurements"),
-    "report": ("profiling.report.render", "render report.md, index.html, PROGRESS.md, records and figures"),
-    "progress": ("profiling.report.progress", "render only PROGRESS.md and progress.html from the artifacts"),
+    "report": ("profiling.report.render", "render one run's report, progress wall, records and figures"),
+    "progress": ("profiling.report.progress", "render only one run's progress wall from its artifacts"),
+    "compare": ("profiling.report.compare", "render reports/index.html and the side-by-side comparison of runs"),
+    "serve": ("profiling.serving.cli", "start the OpenAI-compatible inference service on 127.0.0.1"),
 }
+for _phase in phases.PHASES:
+    COMMANDS[_phase] = (f"profiling.phases.{_phase}.experiment", f"run the {_phase} experiment")
+    COMMANDS[f"{_phase}_analysis"] = (f"profiling.phases.{_phase}.analysis", f"analyse the {_phase} measurements")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,19 +95,57 @@ def check_config(raw: dict, schema: dict | None = None) -> dict:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors)
                           + "\nFix the field in config/config.yaml or pass --config KEY=VALUE.")
     effective = _fill_defaults(effective, schema)
-    check_model_name(effective["model"])
+    check_model(effective["model"])
+    for index, model in enumerate(effective.get("matrix", {}).get("models", [])):
+        check_model(model, f"matrix.models[{index}]")
     return effective
 
 
-def check_model_name(model: str) -> None:
-    """Reject a model that is neither a known name, a local directory, nor a Hugging Face id."""
-    if model in KNOWN_MODELS or Path(model).is_dir() or ("/" in model and not model.startswith((".", "/"))):
+def hub_cache_dirs() -> list[Path]:
+    """Where a Hugging Face model may already be cached on this machine (HF_HUB_CACHE, HF_HOME/hub, the default)."""
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
+    if os.environ.get("TRANSFORMERS_CACHE"):
+        dirs.append(Path(os.environ["TRANSFORMERS_CACHE"]))
+    dirs.append(Path.home() / ".cache" / "huggingface" / "hub")
+    return list(dict.fromkeys(dirs))
+
+
+def cached_hub_model(model_id: str) -> Path | None:
+    """The snapshot directory of `model_id` ("org/name") in a local Hugging Face cache that holds a config.json,
+    or None. Reads the cache's folders only (no network, no transformers import)."""
+    folder = "models--" + model_id.replace("/", "--")
+    for cache in hub_cache_dirs():
+        for config_file in sorted((cache / folder / "snapshots").glob("*/config.json")):
+            return config_file.parent
+    return None
+
+
+def check_model(model: str, field: str = "model") -> None:
+    """Reject a model that is neither a known name, a local directory with config.json, nor a Hugging Face id in
+    the local cache: nothing here reaches a model hub, so such a model would fail only after jobs have started."""
+    if model in KNOWN_MODELS:
         return
+    local = Path(model)
+    if local.is_dir():
+        if (local / "config.json").exists():
+            return
+        raise ConfigError(f"{field}: the directory {model!r} has no config.json. Point it at a directory that "
+                          "transformers' from_pretrained can load (config.json, weights, tokenizer files).")
+    looks_like_id = "/" in model and not model.startswith((".", "/")) and model.count("/") == 1
+    if looks_like_id and cached_hub_model(model) is not None:
+        return
+    looked = ", ".join(str(d) for d in hub_cache_dirs())
+    what = (f"{model!r} is not in the local Hugging Face cache (looked for models--{model.replace('/', '--')} "
+            f"under {looked})" if looks_like_id else f"{model!r} is neither a known model nor an existing directory")
     raise ConfigError(
-        f"model: {model!r} is not a known model, an existing local directory, or a Hugging Face id (org/name). "
-        f"Choices: {', '.join(KNOWN_MODELS)}, a path to a directory with config.json, or an id such as "
-        f"HuggingFaceTB/SmolLM2-135M-Instruct that is in your Hugging Face cache."
-    )
+        f"{field}: {what}, and this machine cannot download models. Fix: use {EMBEDDED_MODEL} (the embedded "
+        f"default) or {TINY_MODEL}; or a local directory with config.json and weights; or first put the model in "
+        "the Hugging Face cache on a machine with hub access (huggingface-cli download ORG/NAME) and copy the cache "
+        "here.")
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
@@ -131,27 +169,54 @@ class Precision:
         return getattr(torch, self.dtype)
 
 
+def cuda_present() -> bool:
+    """Whether this machine can run on CUDA, decided without importing torch (so reading the workflow stays fast):
+    the installed torch was built with CUDA (torch/version.py) and the NVIDIA driver lists a GPU."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    version_file = Path(list(spec.submodule_search_locations)[0]) / "version.py"
+    try:
+        built_with_cuda = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]", version_file.read_text(), re.M) is not None
+    except OSError:
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return built_with_cuda and gpus.is_dir() and any(gpus.iterdir())
+
+
 def resolve_precision(config: dict) -> Precision:
     """Turn `device: auto|cpu|cuda` and `dtype: auto|…` into a Precision, or raise ConfigError.
 
-    auto device: cuda when torch sees a GPU, else cpu. auto dtype: float16 on cuda, float32 on cpu.
+    auto device: cuda when this machine has a GPU and a CUDA build of torch, else cpu. auto dtype: float16 on
+    cuda, float32 on cpu. Cheap (no torch import): the workflow calls it before any job starts; each experiment
+    confirms a cuda choice with torch itself (`confirm_device`).
     """
-    import torch
-
     device = config.get("device", "auto")
-    has_cuda = torch.cuda.is_available()
+    has_cuda = cuda_present()
     if device == "auto":
         device = "cuda" if has_cuda else "cpu"
     elif device == "cuda" and not has_cuda:
         raise ConfigError(
-            "device: 'cuda' was asked for, but torch sees no CUDA GPU here "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False). "
+            "device: 'cuda' was asked for, but this machine has no NVIDIA GPU with a CUDA build of torch "
+            "(no GPU under /proc/driver/nvidia/gpus, or torch/version.py says cuda = None). "
             "Set device: cpu (or auto), or install a CUDA build of torch on a machine with a GPU."
         )
     dtype = config.get("dtype", "auto")
     if dtype == "auto":
         dtype = "float16" if device == "cuda" else "float32"
     return Precision(device=device, dtype=dtype)
+
+
+def confirm_device(precision: Precision) -> None:
+    """Raise ConfigError when torch itself cannot use the chosen device (checked once an experiment imports torch)."""
+    import torch
+
+    if precision.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: cuda was chosen, but torch {torch.__version__} reports "
+                          "torch.cuda.is_available() == False. Set device: cpu.")
 
 
 def apply_threads(config: dict) -> int:
@@ -178,10 +243,10 @@ def settings_arg(text: str) -> dict:
 
 
 def run_config(config: dict) -> dict:
-    """The run-wide keys every step depends on: model, device, dtype, threads, seed, cv_warn."""
-    return {key: config[key] for key in ("model", "device", "dtype", "threads", "seed", "cv_warn")}
+    """The run-wide keys every step depends on: model, device, dtype, threads, seed, cv_warn, profile."""
+    return {key: config[key] for key in ("model", "device", "dtype", "threads", "seed", "cv_warn", "profile")}
 
 
-def experiment_config(config: dict, experiment: str) -> dict:
-    """The slice of the config one experiment depends on: its own section plus the run-wide keys."""
-    return {**run_config(config), experiment: config[experiment]}
+def phase_config(config: dict, phase: str) -> dict:
+    """The slice of the config one phase's steps depend on: its own section plus the run-wide keys."""
+    return {**run_config(config), phase: config[phase]}

@@ -1,13 +1,12 @@
 """The hardware/software record of a run: what machine, what software, what device and dtype were really used.
 
-Written to reports/env.json and embedded in every meta.json, so numbers from different machines can be told apart
-(`run_tag`: host + device + dtype).
+Written to reports/runs/<run tag>/env.json and embedded in every meta.json, so numbers from different machines can
+be told apart (`run_tag`: model + device + dtype + host, see profiling/runs.py).
 """
 from __future__ import annotations
 
 import os
 import platform
-import re
 import socket
 import subprocess
 from datetime import datetime, timezone
@@ -69,13 +68,8 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def run_tag(host: str, device_name: str, dtype: str) -> str:
-    """A short id for 'this machine, this device, this dtype', safe in file names."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{host}_{device_name}_{dtype}").strip("-")
-
-
-def collect(precision: Precision, threads: int) -> dict:
-    """The full record for a run on `precision` with `threads` torch threads."""
+def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dict:
+    """The full record for the run `run_tag` of `model` on `precision` with `threads` torch threads."""
     import psutil
     import torch
     import transformers
@@ -94,6 +88,8 @@ def collect(precision: Precision, threads: int) -> dict:
         "torch_threads": threads,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch's CPU kernels use
+        "model": model,
         "device": precision.device,
         "dtype": precision.dtype,
         "git_commit": git_commit(),
@@ -103,9 +99,12 @@ def collect(precision: Precision, threads: int) -> dict:
     if precision.device == "cuda" and "gpu_name" not in record:
         record["gpu_name"] = torch.cuda.get_device_name(0)
         record["gpu_memory_bytes"] = int(torch.cuda.get_device_properties(0).total_memory)
+    if precision.device == "cuda":
+        major, minor = torch.cuda.get_device_capability(0)
+        record["gpu_compute_capability"] = f"{major}.{minor}"
     device_name = record.get("gpu_name", record["cpu_model"]) if precision.device == "cuda" else "cpu"
     record["device_name"] = device_name
-    record["run_tag"] = run_tag(host, device_name, precision.dtype)
+    record["run_tag"] = run_tag
     return record
 
 
@@ -120,7 +119,9 @@ def add_arguments(parser) -> None:
 def cli(args) -> None:
     from .config import apply_threads, resolve_precision
     from .io import staged, write_json
+    from .runs import run_tag
 
-    record = collect(resolve_precision(args.settings), apply_threads(args.settings))
+    record = collect(resolve_precision(args.settings), apply_threads(args.settings), run_tag(args.settings),
+                     args.settings["model"])
     with staged(args.out) as (tmp,):
         write_json(tmp, record)

@@ -1,12 +1,12 @@
-# The hardware and software record shown at the top of the report.
+# The hardware and software record shown at the top of each run's report.
 
 
 rule env:
     output:
-        "reports/env.json",
+        f"{RUN}/env.json",
     params:
-        settings=lambda wildcards: settings(),
+        settings=settings(),
     log:
-        "reports/logs/env.log",
+        f"{RUN}/logs/env.log",
     shell:
         "{PROFILING} env --settings {params.settings:q} --out {output} 2>&1 | tee {log}"

@@ -7,7 +7,7 @@ rule provision_model:
     wildcard_constraints:
         name="smollm2-135m-instruct|tiny-random",
     log:
-        "reports/logs/provision_model_{name}.log",
+        "resources/logs/provision_model_{name}.log",
     params:
         seed=CONFIG["seed"],
     shell:

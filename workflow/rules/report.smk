@@ -1,5 +1,5 @@
-# The report: Markdown + HTML, the progress wall, the observation records and the figures.
-# Its inputs are what each phase's rule file registered in REPORT_INPUTS (workflow/rules/common.smk).
+# The reports: each run's Markdown + HTML report, progress wall, observation records and figures; then the page
+# that links every run under reports/runs/ and compares them side by side.
 
 
 rule report:
@@ -8,12 +8,29 @@ rule report:
         analyses=REPORT_INPUTS,
         templates=TEMPLATES,
     output:
-        md="reports/report.md",
-        html="reports/index.html",
-        progress_md="reports/PROGRESS.md",
-        progress_html="reports/progress.html",
+        md=f"{RUN}/report.md",
+        html=f"{RUN}/index.html",
+        progress_md=f"{RUN}/PROGRESS.md",
+        progress_html=f"{RUN}/progress.html",
         records=REPORT_RECORDS,
     log:
-        "reports/logs/report.log",
+        f"{RUN}/logs/report.log",
     shell:
-        "{PROFILING} report --reports reports 2>&1 | tee {log}"
+        "{PROFILING} report --run-dir reports/runs/{wildcards.run} 2>&1 | tee {log}"
+
+
+rule runs_index:
+    input:
+        expand(rules.report.output.html, run=RUNS),
+    output:
+        index="reports/index.html",
+        compare_md="reports/compare.md",
+        compare_html="reports/compare.html",
+    params:
+        # The runs on disk (this config's and any copied in): a new one re-renders the index and the comparison.
+        runs=lambda wildcards: sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob("reports/runs/*/env.json")),
+        latest=lambda wildcards: list(RUNS)[-1],
+    log:
+        "reports/logs/runs_index.log",
+    shell:
+        "{PROFILING} compare --reports reports --latest {params.latest} 2>&1 | tee {log}"
