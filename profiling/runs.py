@@ -48,6 +48,8 @@ def plan_runs(config: dict) -> dict[str, dict]:
     for model, dtype, device in itertools.product(models, dtypes, devices):
         run = copy.deepcopy(config)
         run.update(model=model, dtype=dtype, device=device)
+        precision = resolve_precision(run)  # stored resolved, so `auto` and what it means are one run
+        run.update(device=precision.device, dtype=precision.dtype)
         tag = run_tag(run)
         if tag in runs:
             raise ConfigError(f"matrix: two combinations give the same run {tag!r} (e.g. auto and the device it "

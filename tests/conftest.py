@@ -28,6 +28,13 @@ def workflow_run(tmp_path_factory) -> Path:
     return workdir
 
 
+def run_dir_of(workdir: Path) -> Path:
+    """The one run directory (reports/runs/<run tag>) of a workflow run on the smoke config."""
+    runs = sorted((workdir / "reports" / "runs").glob("*/env.json"))
+    assert len(runs) == 1, runs
+    return runs[0].parent
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of the tiny random Llama, seed 0."""
@@ -40,9 +47,9 @@ def tiny():
 @pytest.fixture
 def settings():
     """A checked config (tiny model, CPU) as the experiments receive it."""
-    from profiling.config import check_config, experiment_config
+    from profiling.config import check_config, phase_config
 
     config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1,
-                           "d1": {"max_new_tokens": 4, "warmup": 1, "repeats": 2, "load_repeats": 1,
+                           "d1_request": {"max_new_tokens": 4, "warmup": 1, "repeats": 2, "load_repeats": 1,
                                   "trace_decode_steps": 2, "top_ops": 5}})
-    return experiment_config(config, "d1")
+    return phase_config(config, "d1_request")

@@ -8,14 +8,22 @@ import pandas as pd
 import pytest
 import torch
 
-from profiling.analysis import d3_batching as analysis
-from profiling.config import ConfigError, check_config, experiment_config
-from profiling.experiments import d3_batching
-from profiling.experiments.common import CONTRACT_COLUMNS
+from profiling.report.templating import answer, environment
+from profiling.phases.d3_batching import analysis
+from profiling.config import ConfigError, check_config, phase_config
+from profiling.phases.d3_batching import experiment as d3_batching
+from profiling.metrics import CONTRACT_COLUMNS
 from profiling.model import provision
-from profiling.report import d3_batching as report
+from profiling.phases.d3_batching import view as report
+
+from tests.conftest import run_dir_of
 
 PROMPTS = ["hello there", "a short question", "tell me a story", "why is it so"]
+
+
+def sentence(findings, macro="answer"):
+    """The report's wording of a batching finding (the progress wall quotes the same)."""
+    return answer(environment(), "d3_batching", findings, macro)
 
 
 def tiny_settings(**overrides) -> dict:
@@ -27,7 +35,7 @@ def tiny_settings(**overrides) -> dict:
                            "rates_req_per_s": [400.0], "burst_requests": 3}}
     section.update(overrides)
     config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1, "d3_batching": section})
-    return experiment_config(config, "d3_batching")
+    return phase_config(config, "d3_batching")
 
 
 def run_experiment(settings, out):
@@ -123,10 +131,10 @@ def test_traces_and_telemetry_are_written(tiny_run):
 
 def test_findings_state_the_trade_off_with_numbers(tiny_run):
     _, _, findings, root = tiny_run
-    assert re.search(r"batch 2 gives \d+\.\d× the output tokens/s of batch 1", findings["who_pays_for_whom"])
-    assert "batch 3: " in findings["who_pays_for_whom"]
-    assert findings["dynamic_summary"].startswith("Dynamic batcher (window 5 ms, cap 2)")
-    assert "without batching (cap 1)" in findings["dynamic_summary"]
+    assert re.search(r"batch 2 gives \d+\.\d× the output tokens/s of batch 1", sentence(findings))
+    assert "batch 3: " in sentence(findings)
+    assert sentence(findings, "dynamic").startswith("Dynamic batcher (window 5 ms, cap 2)")
+    assert "without batching (cap 1)" in sentence(findings, "dynamic")
     assert [row["batch_size"] for row in findings["engine_vs_generate"]] == [1, 3]
     assert all(row["decode_ratio"] > 0 for row in findings["engine_vs_generate"])
     assert findings["batch_speedup"]["large_batch_size"] == 3 and findings["batch_speedup"]["ratio"] > 0
@@ -159,7 +167,7 @@ def test_an_out_of_memory_batch_size_is_a_row_and_the_sweep_goes_on(tmp_path, mo
     with gzip.open(paths["traces"][1], "rt") as f:
         assert json.load(f)["traceEvents"] == []  # a valid, empty trace for the size that ran out of memory
     findings = analyse(settings, paths, tmp_path / "data")
-    assert findings["oom_batch_sizes"] == [2] and "batch 2: out of memory" in findings["who_pays_for_whom"]
+    assert findings["oom_batch_sizes"] == [2] and "batch 2: out of memory" in sentence(findings)
     # the report shows it as such
     reports = tmp_path / "reports"
     data = reports / "data" / "d3_batching"
@@ -226,19 +234,19 @@ def test_dynamic_plan_runs_each_setting_once_with_the_baseline_always_there():
 
 # ---- the real workflow (smoke config) -----------------------------------------------------------------------
 def test_workflow_writes_the_d3_batching_contract_and_section(workflow_run):
-    reports = workflow_run / "reports"
+    reports = run_dir_of(workflow_run)
     for name in ("data/d3_batching/measurements.csv", "data/d3_batching/meta.json", "data/d3_batching/timeline.csv",
                  "data/d3_batching/telemetry.csv", "data/d3_batching/summary.csv", "data/d3_batching/batch_table.csv",
                  "data/d3_batching/dynamic_table.csv", "data/d3_batching/findings.json",
                  "traces/d3_batching/static_b1.json.gz", "traces/d3_batching/static_b2.json.gz",
-                 "records/d3_batching.txt", "figures/d3_swimlane.png", "figures/d3_utilisation.svg",
+                 "records/d3_batching.txt", "figures/d3_batching_swimlane.png", "figures/d3_batching_utilisation.svg",
                  "logs/d3_batching.log"):
         assert (reports / name).stat().st_size > 0, name
     findings = json.loads((reports / "data/d3_batching/findings.json").read_text())
     text = (reports / "report.md").read_text()
     section = text[text.index("### Batching"):]
     section = section[:section.index("\n## ")] if "\n## " in section else section
-    assert findings["who_pays_for_whom"] in section and findings["dynamic_summary"] in section
+    assert sentence(findings) in section and sentence(findings, "dynamic") in section
     links = re.findall(r"\]\(([^)\s]+)\)", section)
     assert any(link.startswith("traces/d3_batching/") for link in links)
     for link in links:
@@ -247,4 +255,4 @@ def test_workflow_writes_the_d3_batching_contract_and_section(workflow_run):
     assert record.startswith("[d3_batching") and "waiting window = " in record
     progress = (reports / "PROGRESS.md").read_text()
     batcher_line = next(line for line in progress.splitlines() if "动态 batcher" in line)
-    assert "☑" in batcher_line and findings["dynamic_summary"][:40] in batcher_line
+    assert "☑" in batcher_line and sentence(findings, "dynamic")[:40] in batcher_line

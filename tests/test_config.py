@@ -9,27 +9,27 @@ from tests.conftest import REPO
 def test_shipped_config_is_valid_and_complete():
     config = check_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     assert config["model"] == "smollm2-135m-instruct"
-    assert config["d1"]["repeats"] >= 1
+    assert config["d1_request"]["repeats"] >= 1
 
 
 def test_defaults_are_filled():
     config = check_config({})
-    assert config["device"] == "auto" and config["d1"]["max_new_tokens"] == 32
+    assert config["device"] == "auto" and config["d1_request"]["max_new_tokens"] == 32
 
 
 def test_quick_profile_is_merged_and_checked():
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     quick = check_config({**base, "profile": "quick"})
-    assert quick["d1"]["repeats"] == base["profiles"]["quick"]["d1"]["repeats"]
-    assert quick["d1"]["prompt"] == base["d1"]["prompt"]
+    assert quick["d1_request"]["repeats"] == base["profiles"]["quick"]["d1_request"]["repeats"]
+    assert quick["d1_request"]["prompt"] == base["d1_request"]["prompt"]
 
 
 @pytest.mark.parametrize("config, field", [
-    ({"d1": {"repeats": 0}}, "d1.repeats"),
-    ({"d1": {"max_new_tokens": -3}}, "d1.max_new_tokens"),
+    ({"d1_request": {"repeats": 0}}, "d1_request.repeats"),
+    ({"d1_request": {"max_new_tokens": -3}}, "d1_request.max_new_tokens"),
     ({"device": "tpu"}, "device"),
     ({"dtype": "int3"}, "dtype"),
-    ({"d1": {"warmpu": 2}}, "d1"),
+    ({"d1_request": {"warmpu": 2}}, "d1_request"),
     ({"batch": 4}, "(top level)"),
     ({"threads": 0}, "threads"),
 ])
@@ -41,7 +41,7 @@ def test_bad_values_name_the_field(config, field):
 
 def test_unknown_key_lists_the_known_ones():
     with pytest.raises(ConfigError, match="Known keys here: .*repeats"):
-        check_config({"d1": {"repeets": 3}})
+        check_config({"d1_request": {"repeets": 3}})
 
 
 def test_unknown_profile_and_model_list_the_choices():
@@ -52,8 +52,8 @@ def test_unknown_profile_and_model_list_the_choices():
 
 
 def test_a_profile_cannot_smuggle_in_bad_values():
-    with pytest.raises(ConfigError, match="d1.repeats"):
-        check_config({"profile": "broken", "profiles": {"broken": {"d1": {"repeats": -1}}}})
+    with pytest.raises(ConfigError, match="d1_request.repeats"):
+        check_config({"profile": "broken", "profiles": {"broken": {"d1_request": {"repeats": -1}}}})
 
 
 def test_precision_resolution():

@@ -4,9 +4,9 @@ import json
 import pandas as pd
 import pytest
 
-from profiling.analysis import d1 as d1_analysis
-from profiling.experiments import d1_request
-from profiling.experiments.common import CONTRACT_COLUMNS
+from profiling.phases.d1_request import analysis as d1_analysis
+from profiling.phases.d1_request import experiment as d1_request
+from profiling.metrics import CONTRACT_COLUMNS
 from profiling.model import provision
 
 
@@ -28,11 +28,11 @@ def test_d1_writes_the_data_contract(provisioned, settings):
     frame = pd.read_csv(paths["measurements.csv"])
     assert list(frame.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
     untraced = frame[frame["variant"] == "untraced"]
-    repeats, new_tokens = settings["d1"]["repeats"], settings["d1"]["max_new_tokens"]
+    repeats, new_tokens = settings["d1_request"]["repeats"], settings["d1_request"]["max_new_tokens"]
     steps = untraced[untraced["metric"] == "decode_step_s"]
     assert len(steps) == repeats * (new_tokens - 1)
     assert sorted(steps["step"].unique()) == list(range(1, new_tokens))
-    assert len(untraced[untraced["metric"] == "load_model_s"]) == settings["d1"]["load_repeats"]
+    assert len(untraced[untraced["metric"] == "load_model_s"]) == settings["d1_request"]["load_repeats"]
     assert (untraced["value"] > 0).all()
     # e2e covers its stages, and ttft is the end of the prefill
     by_repeat = untraced[untraced["step"].isna()].pivot_table(index="repeat", columns="metric", values="value")
@@ -42,7 +42,7 @@ def test_d1_writes_the_data_contract(provisioned, settings):
     assert (by_repeat["ttft_s"] >= by_repeat["tokenize_s"] + by_repeat["prefill_s"]).all()
     meta = json.loads(paths["meta.json"].read_text())
     assert meta["experiment"] == "d1_request" and meta["run_tag"] and meta["env"]["device"] == "cpu"
-    assert meta["notes"]["prompt_tokens"] > 0 and meta["config"]["d1"] == settings["d1"]
+    assert meta["notes"]["prompt_tokens"] > 0 and meta["config"]["d1_request"] == settings["d1_request"]
 
 
 def test_d1_analysis_findings_are_consistent(provisioned, settings):
@@ -58,7 +58,7 @@ def test_d1_analysis_findings_are_consistent(provisioned, settings):
     assert findings["prefill_over_step"] > 0 and findings["profiler_overhead_ratio"] > 0
     summary = pd.read_csv(out / "summary.csv")
     e2e = summary[(summary["metric"] == "e2e_s") & (summary["variant"] == "untraced")].iloc[0]
-    assert e2e["n"] == settings["d1"]["repeats"] and e2e["p50"] == pytest.approx(findings["e2e_p50_s"])
+    assert e2e["n"] == settings["d1_request"]["repeats"] and e2e["p50"] == pytest.approx(findings["e2e_p50_s"])
 
 
 def test_a_failing_run_writes_nothing_and_keeps_earlier_results(provisioned, settings, monkeypatch):

@@ -8,17 +8,21 @@ import pandas as pd
 import pytest
 import torch
 
-from profiling.analysis import d2_bottlenecks as analysis
-from profiling.analysis.costs import decode_step_cost, prefill_cost
-from profiling.analysis.op_categories import CATEGORIES, categorize, category_table
-from profiling.analysis.trace_ops import operator_table
-from profiling.config import check_config, experiment_config
+from profiling.report.templating import answer, environment
+from profiling.phases.d2_bottlenecks import analysis
+from profiling.phases.d2_bottlenecks.costs import decode_step_cost, prefill_cost
+from profiling.phases.d2_bottlenecks.op_categories import CATEGORIES, categorize, category_table
+from profiling.trace_ops import operator_table
+from profiling.config import check_config, phase_config
 from profiling.engine import generate
-from profiling.experiments import d1_request, d2_bottlenecks
-from profiling.experiments.common import CONTRACT_COLUMNS
+from profiling.phases.d1_request import experiment as d1_request
+from profiling.phases.d2_bottlenecks import experiment as d2_bottlenecks
+from profiling.metrics import CONTRACT_COLUMNS
 from profiling.model import provision
 from profiling.shapes import Shapes
 from profiling.tracing import export_gzip_trace, profiled
+
+from tests.conftest import run_dir_of
 
 
 # ---- operator categories ----------------------------------------------------------------------------------------
@@ -106,15 +110,15 @@ def test_roofline_points_from_every_phase(tmp_path):
     batching = pd.DataFrame(contract_rows("d3_batching", "static_b4", 4, 32, prefill.flops / 1e11 / 0.6, 0.001,
                                           use_cache=True))
     kvcache = pd.DataFrame(contract_rows("d3_kvcache", "p32_cache_off_b1", 1, 32, 0.01, 0.01, use_cache="False"))
-    forwards = pd.concat([analysis.timing_rows(d1, "d1"), analysis.timing_rows(batching, "d3_batching"),
+    forwards = pd.concat([analysis.timing_rows(d1, "d1_request"), analysis.timing_rows(batching, "d3_batching"),
                           analysis.timing_rows(kvcache, "d3_kvcache")], ignore_index=True)
     assert set(forwards["variant"]) == {"untraced", "static_b4", "p32_cache_off_b1"}
     forwards = analysis.with_costs(forwards, SHAPES, 4)
     points = analysis.roofline_points(forwards, ROOFS, 0.2).set_index(["source", "stage"])
     assert len(points) == 6 and (points["runs"] == 2).all()
-    assert points.loc[("d1", "decode"), "verdict"] == "memory-bound"
-    assert points.loc[("d1", "decode"), "mbu"] == pytest.approx(0.5, rel=0.02)  # context grows a little per step
-    assert points.loc[("d1", "decode"), "context_min"] == 33 and points.loc[("d1", "decode"), "context_max"] == 35
+    assert points.loc[("d1_request", "decode"), "verdict"] == "memory-bound"
+    assert points.loc[("d1_request", "decode"), "mbu"] == pytest.approx(0.5, rel=0.02)  # context grows a little per step
+    assert points.loc[("d1_request", "decode"), "context_min"] == 33 and points.loc[("d1_request", "decode"), "context_max"] == 35
     assert points.loc[("d3_batching", "prefill"), "mfu"] == pytest.approx(0.6)
     assert points.loc[("d3_kvcache", "decode"), "use_cache"] == False  # noqa: E712 (numpy bool)
     no_cache_step = decode_step_cost(SHAPES, 1, 32, 4, use_cache=False)  # step 1 recomputes 33 tokens
@@ -128,22 +132,23 @@ def tiny_d2(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     provision("tiny-random", tmp_path / "resources" / "models" / "tiny-random")
     config = check_config({"model": "tiny-random", "device": "cpu", "threads": 2,
-                           "d1": {"max_new_tokens": 3, "warmup": 1, "repeats": 2, "load_repeats": 1,
+                           "d1_request": {"max_new_tokens": 3, "warmup": 1, "repeats": 2, "load_repeats": 1,
                                   "trace_decode_steps": 1},
-                           "d2": {"batch_sizes": [1, 2], "prompt_tokens": 6, "decode_steps": 3, "repeats": 2,
+                           "d2_bottlenecks": {"batch_sizes": [1, 2], "prompt_tokens": 6, "decode_steps": 3, "repeats": 2,
                                   "trace_decode_steps": 2, "copy_mib": 2, "matmul_size": 64, "matvec_size": 128,
                                   "tiny_op_calls": 20, "ceiling_repeats": 2}})
     out = tmp_path / "out"
-    d1_request.run(experiment_config(config, "d1"), out / "d1.csv", out / "d1_meta.json", out / "d1.json.gz")
-    settings = experiment_config(config, "d2")
+    d1 = out / "d1_request"  # the roofline names each source by its folder, the phase's name
+    d1_request.run(phase_config(config, "d1_request"), d1 / "measurements.csv", d1 / "meta.json", d1 / "trace.json.gz")
+    settings = phase_config(config, "d2_bottlenecks")
     return settings, out
 
 
 def run_d2(settings, out):
-    traces = [out / f"decode_b{batch}.json.gz" for batch in settings["d2"]["batch_sizes"]]
+    traces = [out / f"decode_b{batch}.json.gz" for batch in settings["d2_bottlenecks"]["batch_sizes"]]
     d2_bottlenecks.run(settings, out / "measurements.csv", out / "meta.json", out / "ceilings.json", traces)
     analysis.analyze(settings, out / "measurements.csv", out / "meta.json", out / "ceilings.json", traces,
-                     out / "d1.csv", [], out / "summary.csv", out / "roofline.csv", out / "breakdown.csv",
+                     [out / "d1_request" / "measurements.csv"], out / "summary.csv", out / "roofline.csv", out / "breakdown.csv",
                      out / "findings.json")
     return json.loads((out / "findings.json").read_text())
 
@@ -160,18 +165,18 @@ def test_d2_writes_its_contract_and_findings(tiny_d2):
     assert ceilings["run_tag"] and ceilings["device"] == "cpu"  # the env record, plus the ceilings
     assert ceilings["ceilings"]["memory_bandwidth"]["bytes_per_s"] > 0
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["notes"]["model_shapes"]["vocab"] == 259 and meta["config"]["d2"] == settings["d2"]
+    assert meta["notes"]["model_shapes"]["vocab"] == 259 and meta["config"]["d2_bottlenecks"] == settings["d2_bottlenecks"]
 
     points = pd.read_csv(out / "roofline.csv")
-    assert set(points["source"]) == {"d1", "d2"}
-    assert set(points.loc[points["source"] == "d2", "batch_size"]) == {1, 2}
+    assert set(points["source"]) == {"d1_request", "d2_bottlenecks"}
+    assert set(points.loc[points["source"] == "d2_bottlenecks", "batch_size"]) == {1, 2}
     assert set(points["verdict"]) <= {"memory-bound", "compute-bound", "overhead-bound"}
     assert ((points["mfu"] > 0) & (points["mbu"] > 0)).all()
     breakdown = pd.read_csv(out / "breakdown.csv")
     cpu = breakdown[breakdown["device"] == "cpu"]
     for _, group in cpu.groupby(["batch_size", "stage"]):
         assert group["share_of_wall"].sum() == pytest.approx(1.0)  # categories + host time = the span's wall
-    assert findings["verdict_summary"].startswith("decode at batch 1 moves")
+    assert answer(environment(), "d2_bottlenecks", findings).startswith("decode at batch 1 moves")
     assert {row["threads"] for row in findings["thread_scaling"]} == {1, 2}
     assert set(findings["profiler_overhead_ratio"]) == {"1", "2"}
     assert findings["gpu"] == {}  # a CPU run has no kernel timeline
@@ -194,8 +199,8 @@ def test_out_of_memory_at_one_batch_size_is_a_data_point(tiny_d2, monkeypatch):
     assert json.loads((out / "meta.json").read_text())["notes"]["out_of_memory_batch_sizes"] == [2]
     assert (out / "decode_b2.json.gz").exists()  # an empty trace keeps the outputs complete
     points = pd.read_csv(out / "roofline.csv")
-    assert set(points.loc[points["source"] == "d2", "batch_size"]) == {1}
-    assert findings["verdict_summary"]
+    assert set(points.loc[points["source"] == "d2_bottlenecks", "batch_size"]) == {1}
+    assert answer(environment(), "d2_bottlenecks", findings)
 
 
 # ---- the CUDA kernel timeline, on a hand-made trace ---------------------------------------------------------------
@@ -235,27 +240,27 @@ def test_gpu_timeline_and_kernel_categories_from_a_cuda_trace(tmp_path):
 
 # ---- end to end -----------------------------------------------------------------------------------------------
 def test_workflow_writes_d2_and_renders_its_section(workflow_run):
-    reports = workflow_run / "reports"
+    reports = run_dir_of(workflow_run)
     for name in ("data/d2_bottlenecks/measurements.csv", "data/d2_bottlenecks/meta.json",
                  "data/d2_bottlenecks/ceilings.json", "data/d2_bottlenecks/summary.csv",
                  "data/d2_bottlenecks/roofline.csv", "data/d2_bottlenecks/breakdown.csv",
                  "data/d2_bottlenecks/findings.json", "traces/d2_bottlenecks/decode_b1.json.gz",
                  "traces/d2_bottlenecks/decode_b2.json.gz", "records/d2_bottlenecks.txt",
-                 "figures/d2_roofline.png", "figures/d2_breakdown.svg", "logs/d2_bottlenecks.log"):
+                 "figures/d2_bottlenecks_roofline.png", "figures/d2_bottlenecks_breakdown.svg", "logs/d2_bottlenecks.log"):
         assert (reports / name).stat().st_size > 0, name
     report = (reports / "report.md").read_text()
     section = report[report.index("## D2"):report.index("## D3")]
     assert "Not yet measured" not in section
     findings = json.loads((reports / "data/d2_bottlenecks/findings.json").read_text())
-    assert "verdict_summary" in findings and "MBU" in section and "MFU" in section
+    assert "MBU" in section and "MFU" in section
     for point in findings["points"]:  # the closing note quotes every point's verdict
         assert f"{point['source']} · {point['variant']} · {point['stage']} · batch {point['batch_size']}" in section
     links = re.findall(r"\]\(([^)\s]+)\)", section)
-    assert "figures/d2_roofline.png" in links and "traces/d2_bottlenecks/decode_b1.json.gz" in links
+    assert "figures/d2_bottlenecks_roofline.png" in links and "traces/d2_bottlenecks/decode_b1.json.gz" in links
     for link in links:
         assert (reports / link).exists(), link
     wall = (reports / "PROGRESS.md").read_text()
     d2_row = next(line for line in wall.splitlines() if "D2 性能瓶颈认知" in line)
-    assert "☑" in d2_row and findings["verdict_summary"] in d2_row
+    assert "☑" in d2_row and answer(environment(), "d2_bottlenecks", findings) in d2_row
     record = (reports / "records/d2_bottlenecks.txt").read_text()
     assert record.startswith("[d2_bottlenecks") and "Observations" in record

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from profiling import ceilings
-from profiling.analysis.costs import decode_context_tokens, decode_step_cost, forward_cost, prefill_cost
+from profiling.phases.d2_bottlenecks import ceilings
+from profiling.phases.d2_bottlenecks.costs import decode_context_tokens, decode_step_cost, forward_cost, prefill_cost
 from profiling.engine import generate
 from profiling.shapes import Shapes, kv_cache_bytes
 
@@ -102,12 +102,13 @@ def test_ceilings_are_positive_and_finite():
     cfg = {"ceiling_repeats": 3, "copy_mib": 4, "matmul_size": 64, "matvec_size": 128, "tiny_op_calls": 20}
     measured = ceilings.measure_all("cpu", torch.float32, cfg)
     records = {ceiling.name: ceiling.record() for ceiling in measured}
-    assert set(records) == {"memory_bandwidth", "matmul", "matvec", "tiny_op"}  # no host<->device on the CPU
+    assert set(records) == {"memory_bandwidth", "memory_read", "matmul", "matvec", "tiny_op"}  # no host<->device on the CPU
     for name, key in (("memory_bandwidth", "bytes_per_s"), ("matmul", "flop_per_s"), ("matvec", "bytes_per_s"),
                       ("matvec", "flop_per_s"), ("tiny_op", "seconds_per_call")):
         value = records[name][key]
         assert math.isfinite(value) and value > 0, (name, key)
         assert records[name]["n"] == 3
     assert records["memory_bandwidth"]["work_bytes"] == 2 * 4 * 2**20  # read + written
+    assert records["memory_read"]["work_bytes"] == 4 * 2**20 and records["memory_read"]["bytes_per_s"] > 0
     low, high = records["matmul"]["flop_per_s_range"]
     assert low <= records["matmul"]["flop_per_s"] <= high

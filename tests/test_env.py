@@ -1,22 +1,47 @@
 import json
+import socket
 
+import pytest
 import torch
 
-from profiling.config import Precision
-from profiling.env import collect, run_tag
+from profiling.config import ConfigError, Precision, check_config
+from profiling.env import collect
+from profiling.runs import plan_runs, run_tag
 
 
 def test_env_record_describes_this_machine():
-    record = collect(Precision("cpu", "float32"), torch.get_num_threads())
-    assert record["device"] == "cpu" and record["dtype"] == "float32"
+    record = collect(Precision("cpu", "float32"), torch.get_num_threads(), "tiny-random_cpu_float32_host",
+                     "tiny-random")
+    assert record["device"] == "cpu" and record["dtype"] == "float32" and record["model"] == "tiny-random"
     assert record["torch"] == torch.__version__
     assert record["cpu_logical_cores"] >= 1 and record["ram_bytes"] > 0
     assert record["torch_threads"] == torch.get_num_threads()
     assert record["cpu_model"]
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["git_commit"]
-    assert record["run_tag"].endswith("cpu_float32")
+    assert record["run_tag"] == "tiny-random_cpu_float32_host"
     json.dumps(record)  # serialisable as env.json
 
 
-def test_run_tag_is_file_name_safe():
-    assert run_tag("my host", "NVIDIA H100 80GB HBM3", "float16") == "my-host_NVIDIA-H100-80GB-HBM3_float16"
+def test_run_tag_names_model_device_dtype_host_and_profile():
+    config = check_config({"model": "tiny-random", "device": "cpu"})
+    assert run_tag(config, host="my host") == "tiny-random_cpu_float32_my-host"
+    assert run_tag({**config, "profile": "quick"}, host="h") == "tiny-random_cpu_float32_h_quick"
+    assert run_tag({**config, "model": "HuggingFaceTB/SmolLM2-360M"}, host="h") == \
+        "HuggingFaceTB-SmolLM2-360M_cpu_float32_h"
+
+
+def test_matrix_expands_into_one_run_per_combination():
+    config = check_config({"model": "tiny-random", "device": "cpu",
+                           "matrix": {"dtypes": ["float32", "bfloat16"], "models": ["tiny-random"]}})
+    host = socket.gethostname()
+    runs = plan_runs(config)
+    assert sorted(runs) == sorted(f"tiny-random_cpu_{dtype}_{host}".replace(" ", "-")
+                                  for dtype in ("float32", "bfloat16"))
+    assert {run["dtype"] for run in runs.values()} == {"float32", "bfloat16"}
+
+
+def test_matrix_rejects_two_names_for_one_run():
+    config = check_config({"model": "tiny-random", "matrix": {"devices": ["auto", "cpu"]}})
+    with pytest.raises(ConfigError, match="matrix"):
+        plan_runs(config)

@@ -8,13 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
+from profiling.report.templating import answer, environment
 from profiling.__main__ import main as cli_main
-from profiling.analysis import d3_kvcache as kv_analysis
-from profiling.config import ConfigError, check_config, experiment_config
+from profiling.phases.d3_kvcache import analysis as kv_analysis
+from profiling.config import ConfigError, check_config, phase_config
 from profiling.engine import generate
-from profiling.experiments import d3_kvcache
-from profiling.experiments.common import CONTRACT_COLUMNS, is_out_of_memory
-from profiling.kv_memory import cache_tensor_bytes, cached_positions
+from profiling.phases.d3_kvcache import experiment as d3_kvcache
+from profiling.measure import is_out_of_memory
+from profiling.metrics import CONTRACT_COLUMNS
+from profiling.phases.d3_kvcache.variants import latency_variants
+from profiling.phases.d3_kvcache.kv_memory import cache_tensor_bytes, cached_positions
 from profiling.model import build_tiny_tokenizer, provision
 from profiling.shapes import Shapes, kv_cache_bytes
 
@@ -24,7 +27,7 @@ def kv_settings(**overrides) -> dict:
     cfg = {"prompt_lengths": [8, 32], "max_new_tokens": 5, "no_cache_max_new_tokens": 4, "repeats": 2,
            "no_cache_repeats": 1, "warmup": 1, "batch_sizes": [1, 2], "trace_decode_steps": 1, **overrides}
     config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1, "d3_kvcache": cfg})
-    return experiment_config(config, "d3_kvcache")
+    return phase_config(config, "d3_kvcache")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def run_experiment(settings: dict, out: Path) -> dict:
     """Run the experiment and its analysis into `out`; return the paths by name."""
     paths = {name: out / name for name in ("measurements.csv", "meta.json", "summary.csv", "table.csv",
                                            "memory.csv", "findings.json")}
-    traces = d3_kvcache.trace_paths(settings["d3_kvcache"], str(out / "traces"))
+    traces = [str(out / "traces" / f"{variant}.json.gz") for variant in latency_variants(settings["d3_kvcache"])]
     d3_kvcache.run(settings, paths["measurements.csv"], paths["meta.json"], traces)
     kv_analysis.analyze(settings, paths["measurements.csv"], paths["meta.json"], paths["summary.csv"],
                         paths["table.csv"], paths["memory.csv"], paths["findings.json"])
@@ -146,11 +149,11 @@ def test_prompt_longer_than_the_context_fails_before_measuring(tiny_dir, tmp_pat
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=r"max_position_embeddings = 2048.*at most 2043 tokens"):
         d3_kvcache.run(settings, out / "m.csv", out / "meta.json",
-                       d3_kvcache.trace_paths(settings["d3_kvcache"], str(out)))
+                       [str(out / f"{variant}.json.gz") for variant in latency_variants(settings["d3_kvcache"])])
     assert not out.exists() or not any(out.iterdir())
     # The command line reports it as a config error (exit status 2), as every other config error.
-    args = ["d3-kvcache", "--settings", json.dumps(settings), "--measurements", str(out / "m.csv"),
-            "--meta", str(out / "meta.json"), "--traces", *d3_kvcache.trace_paths(settings["d3_kvcache"], str(out))]
+    args = ["d3_kvcache", "--settings", json.dumps(settings), "--measurements", str(out / "m.csv"),
+            "--meta", str(out / "meta.json"), "--traces", *[str(out / f"{variant}.json.gz") for variant in latency_variants(settings["d3_kvcache"])]]
     assert cli_main(args) == 2
 
 
@@ -161,8 +164,9 @@ def test_experiment_writes_the_data_contract(tiny_dir, tmp_path, monkeypatch):
     paths = run_experiment(settings, tmp_path / "out")
     frame = pd.read_csv(paths["measurements.csv"])
     assert list(frame.columns[:len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
-    expected_variants = {"load", "p8_cache_on_b1", "p8_cache_off_b1", "p32_cache_on_b1", "p32_cache_off_b1",
-                         "p8_cache_on_b2", "p32_cache_on_b2"}
+    latency = {"p8_cache_on_b1", "p8_cache_off_b1", "p32_cache_on_b1", "p32_cache_off_b1"}
+    expected_variants = {"load", *latency, "p8_cache_on_b2", "p32_cache_on_b2"}
+    expected_variants |= {f"traced_{variant}" for variant in latency}  # each latency setting's short traced run
     assert set(frame["variant"]) == expected_variants
     # D2 reads every prefill_s / decode_step_s row: they carry the shared knob columns.
     timing = frame[frame["metric"].isin(["prefill_s", "decode_step_s"])]
@@ -209,7 +213,7 @@ def test_analysis_findings_are_consistent(tiny_dir, tmp_path, monkeypatch):
     assert findings["per_token_ratio_cache_on"] == pytest.approx(on.loc[32, per_token] / on.loc[8, per_token])
     assert len(findings["targets"]) == 3
     assert findings["tokens_differ_prompts"] == [] and findings["tokens_compared_prompts"] == [8, 32]
-    summary = findings["cache_summary"]
+    summary = answer(environment(), "d3_kvcache", findings)
     assert "prompt 32" in summary and f"{findings['cache_exceeds_weights_tokens']:,} tokens" in summary
     assert [t["variant"] for t in findings["traces"]] == ["p8_cache_on_b1", "p8_cache_off_b1", "p32_cache_on_b1",
                                                           "p32_cache_off_b1"]

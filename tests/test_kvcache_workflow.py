@@ -5,9 +5,10 @@ import re
 
 import pandas as pd
 
+from profiling.report.templating import answer, environment
 from profiling.config import load_config
-from profiling.experiments.d3_kvcache import latency_variants
-from tests.conftest import SMOKE
+from profiling.phases.d3_kvcache.variants import latency_variants
+from tests.conftest import run_dir_of, SMOKE
 
 SECTION_TITLE = "### D3 · KV cache"
 
@@ -24,7 +25,7 @@ def kvcache_section(report_md: str) -> str:
 
 
 def test_kvcache_contract_files_are_written(workflow_run):
-    reports = workflow_run / "reports"
+    reports = run_dir_of(workflow_run)
     data = reports / "data" / "d3_kvcache"
     for name in ("measurements.csv", "meta.json", "summary.csv", "table.csv", "memory.csv", "findings.json"):
         assert (data / name).stat().st_size > 0, name
@@ -37,11 +38,11 @@ def test_kvcache_contract_files_are_written(workflow_run):
     memory = pd.read_csv(data / "memory.csv")
     assert memory["analytic_equals_measured"].all()
     meta = json.loads((data / "meta.json").read_text())
-    assert meta["config"]["model"] == "tiny-random" and meta["run_tag"].endswith("cpu_float32")
+    assert meta["config"]["model"] == "tiny-random" and meta["run_tag"] == reports.name
 
 
 def test_kvcache_section_renders_with_resolving_links(workflow_run):
-    reports = workflow_run / "reports"
+    reports = run_dir_of(workflow_run)
     section = kvcache_section((reports / "report.md").read_text())
     findings = json.loads((reports / "data/d3_kvcache/findings.json").read_text())
     assert "Not yet measured" not in section
@@ -61,9 +62,9 @@ def test_kvcache_section_renders_with_resolving_links(workflow_run):
 
 
 def test_kvcache_record_and_progress_wall(workflow_run):
-    reports = workflow_run / "reports"
+    reports = run_dir_of(workflow_run)
     record = (reports / "records/d3_kvcache.txt").read_text()
     assert record.startswith("[d3_kvcache") and "per_token_latency : cache on {" in record
     findings = json.loads((reports / "data/d3_kvcache/findings.json").read_text())
     line = next(l for l in (reports / "PROGRESS.md").read_text().splitlines() if "past_key_values" in l)
-    assert "☑" in line and findings["cache_summary"] in line
+    assert "☑" in line and answer(environment(), "d3_kvcache", findings) in line

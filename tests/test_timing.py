@@ -3,7 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from profiling.timing import StageClock, bootstrap_median_ci, output_tok_per_s, summarize, tpot_s
+from profiling.metrics import output_tok_per_s, tpot_s
+from profiling.stats import bootstrap_median_ci, summarize
+from profiling.timing import StageClock
 
 
 def test_summarize_matches_numpy():

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from profiling.analysis.trace_ops import operator_table, stage_group, stage_spans
+from profiling.trace_ops import operator_table, stage_group, stage_spans
 from profiling.engine import encode_prompts, generate
 from profiling.timing import StageClock
 from profiling.tracing import export_gzip_trace, profiled
