@@ -49,6 +49,8 @@ def evaluate(row: phases.WallRow, phase: str | None, run_dir: Path, jinja: jinja
         note = env_note(data) if phase is None else answer(jinja, phase, data, row.note)
         if not note.strip():
             raise ValueError("the note is empty")
+        if "n/a" in note:
+            raise ValueError(f"a key number is missing or not finite: {note}")
         return Status(row, phase, proof, True, note)
     except (KeyError, TypeError, ValueError, AttributeError, jinja2.UndefinedError) as error:
         return Status(row, phase, proof, False, f"proof incomplete ({type(error).__name__}: {error})")
