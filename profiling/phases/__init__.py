@@ -21,6 +21,7 @@ PHASES = [
     "d2_bottlenecks",
     "d3_batching",
     "d3_kvcache",
+    "d4_serving",
 ]
 
 

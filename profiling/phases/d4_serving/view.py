@@ -1,0 +1,149 @@
+"""The D4 section of the report: the flow diagram from measured spans, latency and goodput by policy and rate,
+queue depth and running batch over time, a per-request swimlane, the tenant table and the reference comparison."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.patches import FancyBboxPatch
+
+from ...io import read_data_files
+from ...report.charts import STAGE_COLOURS, plt, save
+from . import NAME as PHASE
+
+DATA = Path("data") / PHASE
+TRACES = Path("traces") / PHASE
+POLICY_COLOURS = {"static": "#d62728", "dynamic": "#ff7f0e", "continuous": "#1f77b4", "vllm": "#2ca02c"}
+# The boxes of the flow diagram, in order, and the stage (flow.csv) on the edge that leaves each box.
+FLOW_BOXES = [("client", "http_s"), ("HTTP front end\n(FastAPI, tokenize)", "queue_wait_s"),
+              ("queue", "schedule_s"), ("scheduler", "prefill_s"), ("worker: prefill", "decode_s"),
+              ("worker: decode steps", "handoff_s"), ("detokenize", "stream_s"), ("stream (SSE)", None)]
+EDGE_LABELS = {"http_s": "parse + tokenize", "queue_wait_s": "queue wait", "schedule_s": "to prefill",
+               "prefill_s": "prefill", "decode_s": "decode", "handoff_s": "token → chunk", "stream_s": "last chunk"}
+
+
+def flow_diagram(flow: pd.DataFrame, variant: str, figures: Path) -> str:
+    """The service's flow as boxes and arrows, each arrow labelled with the measured median time of its stage."""
+    medians = flow[flow["variant"] == variant].set_index("stage")["median_s"]
+    fig, ax = plt.subplots(figsize=(12, 2.6))
+    width, gap = 1.25, 0.32
+    for index, (label, stage) in enumerate(FLOW_BOXES):
+        x = index * (width + gap)
+        ax.add_patch(FancyBboxPatch((x, 0), width, 1, boxstyle="round,pad=0.02", facecolor="#eef4fb",
+                                    edgecolor="#4a90d9"))
+        ax.text(x + width / 2, 0.5, label, ha="center", va="center", fontsize=8)
+        if stage is not None:
+            ax.annotate("", xy=(x + width + gap, 0.5), xytext=(x + width, 0.5),
+                        arrowprops={"arrowstyle": "->", "color": "#333333"})
+            seconds = medians.get(stage, math.nan)
+            text = "n/a" if not math.isfinite(seconds) else (f"{seconds * 1e3:.1f} ms" if seconds < 1 else
+                                                              f"{seconds:.2f} s")
+            ax.text(x + width + gap / 2, 1.12, f"{EDGE_LABELS[stage]}\n{text}", ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(-0.1, len(FLOW_BOXES) * (width + gap))
+    ax.set_ylim(-0.2, 1.8)
+    ax.axis("off")
+    ax.set_title(f"Request flow through our service, median per request ({variant})", fontsize=10)
+    return save(fig, figures, f"{PHASE}_flow")
+
+
+def rate_axis(rates: pd.Series) -> tuple[pd.Series, list, list]:
+    """x positions for request rates: finite rates as they are, inf ("all at once") one step right of the rest."""
+    finite = sorted(rate for rate in rates.unique() if math.isfinite(rate))
+    inf_x = (finite[-1] * 2 if finite else 1.0)
+    xs = rates.map(lambda rate: inf_x if math.isinf(rate) else rate)
+    ticks = finite + ([inf_x] if any(math.isinf(rate) for rate in rates) else [])
+    labels = [f"{rate:g}" for rate in finite] + (["all at once"] if len(ticks) > len(finite) else [])
+    return xs, ticks, labels
+
+
+def latency_by_rate(runs: pd.DataFrame, figures: Path) -> str:
+    """TTFT and TPOT (p50 filled, p99 hollow) of each policy and the reference at each request rate."""
+    rows = runs[~runs["variant"].str.startswith("tenants_")].copy()
+    rows["x"], ticks, labels = rate_axis(rows["request_rate"])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for policy, group in rows.groupby("policy"):
+        group = group.sort_values("x")
+        colour = POLICY_COLOURS.get(policy, "#333333")
+        for ax, metric in zip(axes[:2], ("ttft", "tpot")):
+            ax.plot(group["x"], group[f"{metric}_p50_s"] * 1e3, marker="o", color=colour, label=f"{policy} p50")
+            ax.plot(group["x"], group[f"{metric}_p99_s"] * 1e3, marker="o", color=colour, linestyle="--",
+                    markerfacecolor="none", label=f"{policy} p99")
+        axes[2].plot(group["x"], group["goodput_req_per_s"], marker="s", color=colour, label=policy)
+    for ax, title in zip(axes, ("TTFT (ms)", "TPOT (ms)", "goodput (req/s meeting both SLOs)")):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, labels, fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("request rate (req/s)")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=6, ncol=2)
+    axes[2].legend(fontsize=7)
+    return save(fig, figures, f"{PHASE}_latency_goodput")
+
+
+def queue_over_time(steps: pd.DataFrame, variant: str, figures: Path) -> str | None:
+    """Waiting requests (queue depth) and the running batch at every worker step of one run."""
+    rows = steps[steps["variant"] == variant].sort_values("start_s")
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3))
+    ax.step(rows["start_s"], rows["waiting"], where="post", color="#d62728", label="waiting (queue depth)")
+    ax.step(rows["start_s"], rows["running"], where="post", color="#1f77b4", label="running batch")
+    ax.set_xlabel("seconds since the server's first event")
+    ax.set_ylabel("requests")
+    ax.set_title(f"Queue depth and running batch, {variant}", fontsize=10)
+    ax.legend(fontsize=8)
+    return save(fig, figures, f"{PHASE}_queue")
+
+
+def swimlane(stages: pd.DataFrame, variant: str, figures: Path) -> str | None:
+    """One lane per request of a run: queued (waiting), prefill and decode, on the server's clock."""
+    rows = stages[(stages["variant"] == variant) & (stages["status"] == "done")].sort_values("arrived_s")
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(rows) + 1.2))
+    for lane, row in enumerate(rows.itertuples()):
+        start = row.arrived_s + row.http_s
+        for name, seconds, colour in (("queued", row.queue_wait_s + row.schedule_s, "#cccccc"),
+                                      ("prefill", row.prefill_s, STAGE_COLOURS["prefill"]),
+                                      ("decode", row.decode_s, STAGE_COLOURS["decode_step"])):
+            ax.barh(lane, seconds, left=start, color=colour, label=name if lane == 0 else None)
+            start += seconds
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows["client_request_id"]], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the server's first event")
+    ax.set_title(f"Per-request swimlane, {variant}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return save(fig, figures, f"{PHASE}_swimlane")
+
+
+def view(reports: Path, figures: Path) -> dict | None:
+    """Everything the D4 section shows, or None when D4 has not been analysed in this run directory."""
+    files = read_data_files(reports / DATA, ("findings.json", "runs.csv", "tenants.csv", "flow.csv", "steps.csv",
+                                             "stages.csv", "meta.json"))
+    if files is None:
+        return None
+    findings, runs = files["findings.json"], files["runs.csv"]
+    main = findings["flow_variant"]
+    high = f"continuous_r{findings['targets']['high_rate']}"
+    ours = runs[runs["server"] == "ours"]
+    return {
+        "findings": findings,
+        "meta": files["meta.json"],
+        "runs": runs.to_dict(orient="records"),
+        "tenants": files["tenants.csv"].to_dict(orient="records"),
+        "figures": {
+            "flow": flow_diagram(files["flow.csv"], main, figures),
+            "latency": latency_by_rate(runs, figures) if len(runs) else None,
+            "queue": queue_over_time(files["steps.csv"], high if high in set(ours["variant"]) else main, figures),
+            "swimlane": swimlane(files["stages.csv"], main, figures),
+        },
+        "traces": [{"variant": variant, "path": (TRACES / f"{variant}.json.gz").as_posix()}
+                   for variant in ours["variant"]],
+        "measurements": (DATA / "measurements.csv").as_posix(),
+        "requests": (DATA / "requests.csv").as_posix(),
+        "bench": (DATA / "bench_results.json").as_posix(),
+        "runs_csv": (DATA / "runs.csv").as_posix(),
+        "record": f"records/{PHASE}.txt",
+    }
