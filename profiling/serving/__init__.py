@@ -1,0 +1,1 @@
+"""Serving kit: an OpenAI-compatible server, a load generator and the vLLM reference server."""

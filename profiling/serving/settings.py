@@ -1,0 +1,83 @@
+"""Every setting of the server in one dataclass, so the command line, an in-process server and a subprocess
+started by an experiment all describe a server the same way.
+
+Scheduling policies (what the worker runs next):
+    static      fixed batches: a batch launches when `max_batch` requests wait, or when no new request has
+                arrived for `wait_window_ms` (the queue has drained); it runs to completion before the next one
+    dynamic     the D3 batcher: a batch launches when `max_batch` requests wait, or when the oldest waiting
+                request has waited `wait_window_ms`; it runs to completion before the next one
+    continuous  iteration-level: between two decode steps, waiting requests join the running batch (up to
+                `max_batch` sequences) and finished ones leave at once
+Tenant policies (who is admitted first):
+    fifo        one queue, oldest first
+    fair        one queue per tenant, admitted round-robin, at most `tenant_cap` running sequences per tenant
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..config import EMBEDDED_MODEL, ConfigError
+
+POLICIES = ("static", "dynamic", "continuous")
+TENANT_POLICIES = ("fifo", "fair")
+
+
+@dataclass
+class ServerSettings:
+    """How to run the server. Times in milliseconds where the name says so; counts are requests or tokens."""
+
+    model: str = EMBEDDED_MODEL       # a known name, a local model directory, or a cached Hugging Face id
+    device: str = "auto"              # auto | cpu | cuda
+    dtype: str = "auto"               # auto | float32 | bfloat16 | float16
+    threads: str | int = "auto"       # torch threads: auto = one per physical core
+    host: str = "127.0.0.1"
+    port: int = 8000                  # 0 = pick a free port (printed once ready)
+    policy: str = "continuous"        # static | dynamic | continuous
+    max_batch: int = 32               # most sequences in one batch
+    wait_window_ms: float = 10.0      # static and dynamic launch rule (see the module docstring)
+    queue_depth: int = 256            # most waiting requests; one more gets 429
+    tenant_policy: str = "fifo"       # fifo | fair
+    tenant_cap: int = 0               # fair: most running sequences per tenant (0 = no cap)
+    max_tokens_limit: int = 4096      # largest max_tokens a request may ask for
+    spans_out: str | None = None      # write the server-side span events here (JSONL)
+    served_model_name: str | None = None  # the name /v1/models reports (default: `model`)
+
+    def check(self) -> "ServerSettings":
+        """Raise ConfigError naming the first bad setting; return self."""
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.tenant_policy not in TENANT_POLICIES:
+            raise ConfigError(f"tenant_policy: {self.tenant_policy!r} is not one of {', '.join(TENANT_POLICIES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype: {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        if self.threads != "auto" and (not str(self.threads).isdigit() or int(self.threads) < 1):
+            raise ConfigError(f"threads: {self.threads!r} must be auto or a positive integer")
+        for name in ("max_batch", "queue_depth", "max_tokens_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.wait_window_ms < 0:
+            raise ConfigError(f"wait_window_ms: must be >= 0, got {self.wait_window_ms}")
+        if self.tenant_cap < 0:
+            raise ConfigError(f"tenant_cap: must be >= 0 (0 = no cap), got {self.tenant_cap}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: must be 0..65535, got {self.port}")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The model name clients use in requests and see in /v1/models."""
+        return self.served_model_name or self.model
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def cli_args(self) -> list[str]:
+        """The arguments of `python -m profiling serve` that start a server with these settings."""
+        args = []
+        for key, value in asdict(self).items():
+            if value is None:
+                continue
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return args

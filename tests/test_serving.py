@@ -1,0 +1,468 @@
+"""The OpenAI-compatible server, against a real uvicorn server on 127.0.0.1 with the tiny model.
+
+Each test starts its own server in a background thread (port 0) and stops it at the end; the tiny model is built
+once in memory. No timing assertions: only what was answered, in what order, and what the counters say.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from profiling.engine import generate
+from profiling.serving import spans as spans_module
+from profiling.serving.server import start_in_thread
+from profiling.serving.settings import ServerSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from profiling.model import build_tiny_model
+
+    return build_tiny_model(seed=0)
+
+
+@pytest.fixture
+def start(tiny_model, tmp_path):
+    """start(**settings) -> a running server on the tiny model (stopped after the test); spans go to tmp_path."""
+    running = []
+
+    def _start(**overrides):
+        fields = {"model": "tiny-random", "port": 0, "spans_out": str(tmp_path / f"spans{len(running)}.jsonl"),
+                  **overrides}
+        server = start_in_thread(ServerSettings(**fields), model=tiny_model[0], tokenizer=tiny_model[1])
+        running.append(server)
+        return server
+
+    yield _start
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture
+def slow_steps(tiny_model):
+    """Every forward of the tiny model takes at least 10 ms more, so a long request surely outlasts the test's
+    next few requests (it is cancelled when its client closes the stream)."""
+    handle = tiny_model[0].register_forward_pre_hook(lambda module, args: time.sleep(0.01))
+    yield
+    handle.remove()
+
+
+def alone_tokens(tiny_model, prompt: str, max_tokens: int) -> list[int]:
+    """What the offline engine generates for `prompt` alone (greedy, fixed length)."""
+    model, tokenizer = tiny_model
+    ids = tokenizer(prompt, return_tensors="pt")
+    return generate(model, ids["input_ids"], ids["attention_mask"], max_tokens).tokens[0].tolist()
+
+
+def sse_payloads(response) -> list:
+    """The JSON payloads of an SSE response (the final [DONE] as the string "[DONE]")."""
+    payloads = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            payloads.append(data if data == "[DONE]" else json.loads(data))
+    return payloads
+
+
+def metric_samples(base_url: str) -> dict:
+    """/metrics parsed by prometheus_client's parser: {(name, labels as sorted tuple): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def first_chunk(lines) -> str:
+    """Read up to the first SSE data line of `lines` (an iterator that stays open: the stream goes on)."""
+    for line in lines:
+        if line.startswith("data: "):
+            return line
+    raise AssertionError("the stream ended without a chunk")
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+PROMPTS = ["Hello there", "The capital of France is", "a", "Once upon a time, in a land far away,", "xyz 123",
+           "Streaming tokens one by one"]
+
+
+# ---- endpoints ------------------------------------------------------------------------------------------------
+def test_models_health_and_metrics_parse(start):
+    server = start()
+    assert httpx.get(f"{server.base_url}/health").json() == {"status": "ok"}
+    models = httpx.get(f"{server.base_url}/v1/models").json()
+    assert models["data"][0]["id"] == "tiny-random"
+    httpx.post(f"{server.base_url}/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=30)
+    samples = metric_samples(server.base_url)
+    names = {name for name, _ in samples}
+    for name in ("llm_queue_depth", "llm_running_batch", "llm_generated_tokens_total",
+                 "llm_generation_tokens_per_second", "llm_ttft_seconds_count", "llm_tpot_seconds_count",
+                 "llm_queue_time_seconds_count", "llm_e2e_seconds_count"):
+        assert name in names, name
+    assert samples[("llm_generated_tokens_total", ())] == 3
+
+
+def test_completion_not_streaming_equals_engine(start, tiny_model):
+    server = start()
+    body = {"prompt": PROMPTS[1], "max_tokens": 12, "ignore_eos": True, "return_token_ids": True}
+    reply = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=30).json()
+    choice = reply["choices"][0]
+    assert choice["token_ids"] == alone_tokens(tiny_model, PROMPTS[1], 12)
+    assert choice["finish_reason"] == "length"
+    assert reply["usage"]["completion_tokens"] == 12
+    assert reply["object"] == "text_completion" and reply["id"].startswith("cmpl-")
+
+
+def test_completion_streaming_matches_not_streaming(start, tiny_model):
+    server = start()
+    body = {"prompt": PROMPTS[0], "max_tokens": 10, "ignore_eos": True, "return_token_ids": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        payloads = sse_payloads(response)
+    assert payloads[-1] == "[DONE]"
+    usage = payloads[-2]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 10
+    chunks = payloads[:-2]
+    tokens = [t for chunk in chunks for t in chunk["choices"][0]["token_ids"]]
+    assert tokens == alone_tokens(tiny_model, PROMPTS[0], 10)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks[:-1])
+
+
+def test_chat_streaming_and_not(start):
+    server = start()
+    body = {"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 6, "ignore_eos": True}
+    reply = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30).json()
+    assert reply["object"] == "chat.completion"
+    assert reply["choices"][0]["message"]["role"] == "assistant"
+    assert reply["usage"]["completion_tokens"] == 6
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True},
+                      timeout=30) as response:
+        payloads = sse_payloads(response)
+    assert payloads[-1] == "[DONE]"
+    assert payloads[0]["object"] == "chat.completion.chunk"
+    assert payloads[0]["choices"][0]["delta"]["role"] == "assistant"
+    streamed = "".join(p["choices"][0]["delta"]["content"] for p in payloads[:-1])
+    assert streamed == reply["choices"][0]["message"]["content"]
+
+
+def test_stop_string_ends_the_text_before_it(start):
+    server = start()
+    url = f"{server.base_url}/v1/completions"
+
+    def ask(prompt, **extra):
+        body = {"prompt": prompt, "max_tokens": 30, "ignore_eos": True, **extra}
+        return httpx.post(url, json=body, timeout=30)
+
+    for prompt in PROMPTS:  # the tiny model writes random bytes: find a reply with a plain two-letter stop string
+        text = ask(prompt).json()["choices"][0]["text"]
+        stops = [text[i:i + 2] for i in range(1, len(text) - 2) if text[i:i + 2].isascii() and text[i:i + 2].isalnum()]
+        if stops:
+            break
+    stop = stops[0]
+    plain = ask(prompt, stop=[stop]).json()["choices"][0]
+    assert plain["text"] == text[:text.index(stop)] and plain["finish_reason"] == "stop"
+    chunks = [json.loads(line[len("data: "):]) for line in ask(prompt, stop=stop, stream=True).text.splitlines()
+              if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text[:text.index(stop)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_openai_client_works_unchanged(start):
+    openai = pytest.importorskip("openai")
+    server = start()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == ["tiny-random"]
+    completion = client.completions.create(model="tiny-random", prompt="Hello", max_tokens=5,
+                                           extra_body={"ignore_eos": True})
+    assert completion.usage.completion_tokens == 5 and completion.choices[0].finish_reason == "length"
+    chat = client.chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=4, extra_body={"ignore_eos": True})
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 4
+    stream = client.chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=4, stream=True, stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 4
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
+
+
+# ---- scheduling -------------------------------------------------------------------------------------------------
+async def _staggered_requests(base_url: str, bodies: list[dict], gap_s: float) -> list[dict]:
+    """Send the bodies one after another, `gap_s` apart, without waiting for the answers; return the answers."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def send(index, body):
+            await asyncio.sleep(index * gap_s)
+            response = await client.post(f"{base_url}/v1/completions", json=body)
+            return response.json()
+        return await asyncio.gather(*[send(i, body) for i, body in enumerate(bodies)])
+
+
+def test_continuous_batching_equals_alone_token_for_token(start, tiny_model):
+    server = start(policy="continuous", max_batch=4)
+    lengths = [40, 25, 150, 10, 35, 90]  # 150 and 90 outgrow the spare KV columns (kv_slab.py)
+    bodies = [{"prompt": prompt, "max_tokens": n, "ignore_eos": True, "return_token_ids": True}
+              for prompt, n in zip(PROMPTS, lengths)]
+    replies = asyncio.run(_staggered_requests(server.base_url, bodies, gap_s=0.01))
+    for prompt, n, reply in zip(PROMPTS, lengths, replies):
+        assert reply["choices"][0]["token_ids"] == alone_tokens(tiny_model, prompt, n), prompt
+    server.stop()
+    steps = spans_module.step_table(server.settings.spans_out)
+    joined = steps[(steps.phase == "prefill") & (steps.running > steps.batch_size)]
+    assert len(joined) > 0, "no request joined a running batch"
+    assert steps.batch_size.max() <= 4
+
+
+@pytest.mark.parametrize("policy", ["static", "dynamic"])
+def test_static_and_dynamic_batches_run_to_completion(start, tiny_model, policy):
+    server = start(policy=policy, max_batch=2, wait_window_ms=300)
+    bodies = [{"prompt": prompt, "max_tokens": 8, "ignore_eos": True, "return_token_ids": True}
+              for prompt in PROMPTS[:3]]
+    replies = asyncio.run(_staggered_requests(server.base_url, bodies, gap_s=0.0))
+    for prompt, reply in zip(PROMPTS, replies):
+        assert reply["choices"][0]["token_ids"] == alone_tokens(tiny_model, prompt, 8)
+    server.stop()
+    steps = spans_module.step_table(server.settings.spans_out)
+    prefills = steps[steps.phase == "prefill"]
+    assert prefills.batch_size.tolist() == [2, 1]  # a full batch at once, the rest after the window
+    second = prefills.step.iloc[1]
+    assert (steps[steps.step < second].phase == "decode").sum() == 7  # the first batch ran to completion first
+
+
+def test_cancelled_stream_frees_its_batch_slot(start, slow_steps):
+    server = start(policy="continuous", max_batch=1)
+    long_body = {"prompt": "a long one", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=long_body, timeout=30) as response:
+        first_chunk(response.iter_lines())
+    # the client closed the stream after one chunk; with one slot, this request can only run once that slot is free
+    reply = httpx.post(f"{server.base_url}/v1/completions", json={"prompt": "next", "max_tokens": 5,
+                                                                  "ignore_eos": True}, timeout=60).json()
+    assert reply["usage"]["completion_tokens"] == 5
+    samples = metric_samples(server.base_url)
+    assert samples[("llm_requests_total", (("status", "cancelled"),))] == 1
+    assert samples[("llm_generated_tokens_total", ())] < 1500
+
+
+def test_full_queue_answers_429_with_retry_after(start, slow_steps):
+    server = start(policy="continuous", max_batch=1, queue_depth=1)
+    url = f"{server.base_url}/v1/completions"
+    long_body = {"prompt": "blocker", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    result = {}
+
+    def waiting_request():
+        result["reply"] = httpx.post(url, json={"prompt": "waits", "max_tokens": 3, "ignore_eos": True}, timeout=60)
+
+    with httpx.stream("POST", url, json=long_body, timeout=30) as response:
+        lines = response.iter_lines()
+        first_chunk(lines)  # the blocker runs
+        waiter = threading.Thread(target=waiting_request)
+        waiter.start()
+        wait_for(lambda: metric_samples(server.base_url)[("llm_queue_depth", ())] == 1)
+        rejected = httpx.post(url, json={"prompt": "one too many", "max_tokens": 3}, timeout=30)
+        assert rejected.status_code == 429
+        assert int(rejected.headers["retry-after"]) >= 1
+        assert "error" in rejected.json()
+    waiter.join(60)
+    assert result["reply"].status_code == 200
+
+
+def test_bad_input(start):
+    server = start(max_tokens_limit=100)
+    url = f"{server.base_url}/v1/completions"
+    malformed = httpx.post(url, content=b'{"prompt": "unfinished', headers={"content-type": "application/json"})
+    assert malformed.status_code == 422
+    assert httpx.post(url, json={"max_tokens": 3}).status_code == 422  # no prompt
+    too_long = httpx.post(url, json={"prompt": "x" * 3000, "max_tokens": 3})
+    assert too_long.status_code == 400 and "2048" in too_long.json()["error"]["message"]
+    assert httpx.post(url, json={"prompt": "hi", "max_tokens": 0}).status_code == 400
+    assert httpx.post(url, json={"prompt": "hi", "max_tokens": -5}).status_code == 400
+    oversized = httpx.post(url, json={"prompt": "hi", "max_tokens": 101})
+    assert oversized.status_code == 400 and "100" in oversized.json()["error"]["message"]
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": "not a list"}).status_code == 422
+    assert httpx.post(url, json={"prompt": "still fine", "max_tokens": 2}).status_code == 200
+
+
+def test_overload_burst_loses_and_duplicates_nothing(start):
+    server = start(policy="continuous", max_batch=2, queue_depth=4)
+    body = {"prompt": "burst", "max_tokens": 8, "ignore_eos": True}
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*[client.post(f"{server.base_url}/v1/completions", json=body)
+                                          for _ in range(30)])
+
+    responses = asyncio.run(burst())
+    assert {r.status_code for r in responses} <= {200, 429}
+    accepted = [r.json() for r in responses if r.status_code == 200]
+    assert len(accepted) >= 2 and any(r.status_code == 429 for r in responses)
+    assert len({reply["id"] for reply in accepted}) == len(accepted)
+    assert all(reply["usage"]["completion_tokens"] == 8 for reply in accepted)
+    samples = metric_samples(server.base_url)
+    assert samples[("llm_requests_total", (("status", "length"),))] == len(accepted)
+    assert samples[("llm_generated_tokens_total", ())] == 8 * len(accepted)
+
+
+def test_a_failed_step_fails_its_requests_not_the_server(start, tiny_model):
+    server = start()
+    url = f"{server.base_url}/v1/completions"
+
+    def fail_once(module, args):
+        handle.remove()
+        raise RuntimeError("injected failure")
+
+    handle = tiny_model[0].register_forward_pre_hook(fail_once)
+    failed = httpx.post(url, json={"prompt": "boom", "max_tokens": 3}, timeout=30)
+    assert failed.status_code == 500 and "injected failure" in failed.json()["error"]["message"]
+    assert httpx.post(url, json={"prompt": "fine", "max_tokens": 3}, timeout=30).status_code == 200
+
+
+# ---- tenants ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tenant_policy, expected", [
+    ("fifo", ["noisy", "noisy", "noisy", "quiet", "quiet"]),
+    ("fair", ["noisy", "quiet", "noisy", "quiet", "noisy"]),
+])
+def test_tenant_admission_order(start, slow_steps, tenant_policy, expected):
+    server = start(policy="continuous", max_batch=1, tenant_policy=tenant_policy)
+    url = f"{server.base_url}/v1/completions"
+    threads = []
+    with httpx.stream("POST", url, json={"prompt": "blocker", "max_tokens": 1500, "ignore_eos": True,
+                                         "stream": True}, headers={"X-Tenant": "blocker"}, timeout=30) as response:
+        lines = response.iter_lines()
+        first_chunk(lines)
+        for depth, tenant in enumerate(["noisy", "noisy", "noisy", "quiet", "quiet"], start=1):
+            body = {"prompt": tenant, "max_tokens": 2, "user": tenant}  # the tenant from the OpenAI `user` field
+            thread = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body, "timeout": 60})
+            thread.start()
+            threads.append(thread)
+            wait_for(lambda: metric_samples(server.base_url)[("llm_queue_depth", ())] == depth)
+    for thread in threads:
+        thread.join(60)
+    server.stop()
+    events = spans_module.load_spans(server.settings.spans_out)
+    tenant_of = {e["request_id"]: e["tenant"] for e in events if e.get("event") == "arrived"}
+    admitted = [tenant_of[e["request_id"]] for e in events if e.get("event") == "admitted"]
+    assert admitted == ["blocker", *expected]
+
+
+def test_fair_queue_round_robin_and_cap():
+    from collections import Counter
+
+    from profiling.serving.sequence import Sequence
+    from profiling.serving.waiting_queue import QueueFull, WaitingQueue
+
+    def fill(queue):
+        for i, tenant in enumerate(["a", "a", "a", "b", "b"]):
+            queue.push(Sequence(f"{tenant}{i}", [1], 1, tenant=tenant, arrival_s=float(i)))
+
+    fifo, fair = WaitingQueue("fifo", depth=5), WaitingQueue("fair", depth=5)
+    fill(fifo)
+    fill(fair)
+    assert [s.tenant for s in fifo.pop(5, Counter())] == ["a", "a", "a", "b", "b"]
+    assert [s.tenant for s in fair.pop(5, Counter())] == ["a", "b", "a", "b", "a"]
+    capped = WaitingQueue("fair", depth=5, tenant_cap=1)
+    fill(capped)
+    assert [s.tenant for s in capped.pop(5, Counter({"a": 1}))] == ["b"]
+    with pytest.raises(QueueFull):
+        fill(fifo)
+        fifo.push(Sequence("extra", [1], 1))
+
+
+def test_min_tokens_masks_end_of_sequence(tiny_model):
+    from profiling.serving.sequence import Sequence
+    from profiling.serving.step_engine import StepEngine
+
+    model, tokenizer = tiny_model
+    engine = StepEngine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])
+    logits = torch.zeros(2, len(tokenizer))
+    logits[:, tokenizer.eos_token_id] = 10.0
+    rows = [Sequence("r0", [1], 5, min_tokens=2), Sequence("r1", [1], 5)]
+    tokens = engine.pick_tokens(logits, rows).tolist()
+    assert tokens[0] != tokenizer.eos_token_id and tokens[1] == tokenizer.eos_token_id
+
+
+# ---- spans ----------------------------------------------------------------------------------------------------------
+def test_spans_give_a_chrome_trace_and_stage_durations(start, tmp_path):
+    server = start(policy="continuous", max_batch=4)
+    bodies = [{"prompt": p, "max_tokens": 6, "ignore_eos": True, "stream": True} for p in PROMPTS[:3]]
+
+    async def streams():
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def one(body):
+                async with client.stream("POST", f"{server.base_url}/v1/completions", json=body) as response:
+                    return [line async for line in response.aiter_lines() if line.startswith("data: ")]
+            return await asyncio.gather(*[one(b) for b in bodies])
+
+    asyncio.run(streams())
+    server.stop()
+    trace_path = spans_module.write_chrome_trace(server.settings.spans_out, tmp_path / "serving.json.gz")
+    import gzip
+
+    trace = json.load(gzip.open(trace_path, "rt"))["traceEvents"]
+    tids = {e["tid"] for e in trace if e.get("ph") == "X"}
+    assert tids == {0, 1, 2, 3}  # the worker's steps + one track per request
+    names = {e["name"] for e in trace if e.get("tid") == 1}
+    assert {"request", "queued", "prefill", "decode", "chunk_sent", "done"} <= names
+    stages = spans_module.stage_durations(server.settings.spans_out)
+    assert len(stages) == 3 and (stages.status == "done").all()
+    assert (stages.output_tokens == 6).all()
+    for column in ("http_s", "queue_wait_s", "prefill_s", "decode_s", "stream_s", "ttft_s", "e2e_s"):
+        assert (stages[column] >= 0).all(), column
+    assert (stages.e2e_s >= stages.ttft_s).all()
+
+
+# ---- the command line --------------------------------------------------------------------------------------------
+def test_cli_flags_round_trip_settings():
+    import argparse
+
+    from profiling.serving.cli import add_arguments, settings_from_args
+
+    settings = ServerSettings(model="tiny-random", port=0, policy="dynamic", max_batch=3, wait_window_ms=5.0,
+                              queue_depth=7, tenant_policy="fair", tenant_cap=2, spans_out="s.jsonl")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert settings_from_args(parser.parse_args(settings.cli_args())) == settings
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from profiling.model import provision
+
+    model_dir = provision("tiny-random", tmp_path / "tiny-random")
+    process = subprocess.Popen([sys.executable, "-m", "profiling.serving.cli", "--model", str(model_dir),
+                                "--port", "0", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving "), line + process.stderr.read()
+        base_url = line.split(" on ")[1].strip()
+        body = {"prompt": "drain me", "max_tokens": 300, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            first_chunk(lines)
+            process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][len("data: "):])["usage"]["completion_tokens"] == 300
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
