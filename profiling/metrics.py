@@ -10,6 +10,8 @@ Times are seconds. A clock's spans start at the request's start (StageClock's or
 """
 from __future__ import annotations
 
+import numbers
+
 import pandas as pd
 
 CONTRACT_COLUMNS = ["experiment", "variant", "repeat", "request_id", "metric", "value", "unit"]
@@ -63,8 +65,8 @@ class Measurements:
         frame = pd.DataFrame(self.rows)
         knob_columns = [c for c in frame.columns if c not in CONTRACT_COLUMNS]
         for column in knob_columns:
-            present = frame[column].dropna()
-            if len(present) and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            values = [row[column] for row in self.rows if row.get(column) is not None]
+            if values and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
                 frame[column] = frame[column].astype("Int64")
         return frame[CONTRACT_COLUMNS + knob_columns]
 
