@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import torch
 from tqdm import tqdm
 
@@ -53,11 +54,22 @@ READY_TIMEOUT_S = 300
 
 
 # ---- our server, as a process ------------------------------------------------------------------------------------
+def server_threads(settings: dict, cfg: dict) -> int:
+    """The torch threads of our server (and of the offline baseline it is compared with). auto: on the CPU, one
+    physical core is left to the HTTP front end and the load generator, which share the machine (vLLM's CPU backend
+    does the same): torch's threads spin-wait at every operator, so a busy core they share slows every step."""
+    if cfg["server_threads"] != "auto":
+        return int(cfg["server_threads"])
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, cores - 1) if settings["device"] == "cpu" else cores
+
+
 def server_settings(settings: dict, cfg: dict, run: LoadRun, spans_path: Path) -> ServerSettings:
     """Our server's settings for one run (port 0: the OS picks a free one)."""
     tenants = cfg["tenants"]
     return ServerSettings(
-        model=settings["model"], device=settings["device"], dtype=settings["dtype"], threads=settings["threads"],
+        model=settings["model"], device=settings["device"], dtype=settings["dtype"],
+        threads=server_threads(settings, cfg),
         port=0, policy=run.policy, max_batch=tenants["max_batch"] if run.tenants else cfg["max_batch"],
         wait_window_ms=cfg["wait_window_ms"][run.policy], queue_depth=cfg["queue_depth"],
         tenant_policy=run.tenant_policy, tenant_cap=tenants["tenant_cap"] if run.tenant_policy == "fair" else 0,
@@ -120,11 +132,12 @@ def offline_baseline(settings: dict, cfg: dict, run_info: Run, tokenizer, rows: 
     """The engine alone at batch 1: `offline_repeats` timed generations (after one warm-up) of output_tokens
     tokens on a random prompt of prompt_tokens tokens — the decode step the service's TPOT is compared with."""
     model, _, _, _ = timed_loads(settings["model"], run_info)
+    torch.set_num_threads(server_threads(settings, cfg))  # the same threads as the server it is compared with
     prompt, length = random_prompts(tokenizer, 1, cfg["prompt_tokens"], settings["seed"] + 1)[0]
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(run_info.precision.device)
     mask = torch.ones_like(ids)
     knobs = {"server": "engine", "policy": "offline", "batch_size": 1, "prompt_tokens": int(ids.shape[1]),
-             "max_new_tokens": cfg["output_tokens"]}
+             "max_new_tokens": cfg["output_tokens"], "threads": torch.get_num_threads()}
     generate(model, ids, mask, cfg["output_tokens"])
     for repeat in range(cfg["offline_repeats"]):
         generation = generate(model, ids, mask, cfg["output_tokens"])
@@ -219,6 +232,7 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
             "timing_method": timing_method(run_info.precision.device) + "; client and servers on one machine",
             "client": "profiling.serving.loadgen (httpx, streaming /v1/completions, perf_counter)",
             "cpu_count": os.cpu_count(),
+            "server_threads": server_threads(settings, cfg),
             "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"],
         })
 
