@@ -1,8 +1,8 @@
 """Command line: every workflow step can be run by hand, e.g.
 
     python -m profiling provision --model tiny-random --out resources/models/tiny-random
-    python -m profiling d1_request --settings '{"model": …}' --measurements m.csv --meta meta.json --trace t.json.gz
-    python -m profiling d1_request_analysis --settings '{…}' --measurements m.csv --trace t.json.gz …
+    python -m profiling <phase> --settings '{"model": …}' --measurements m.csv --meta meta.json …
+    python -m profiling <phase>_analysis --settings '{…}' --measurements m.csv …
     python -m profiling serve --port 8000
 
 `--settings` is the JSON slice of the checked config the step depends on (the Snakefile passes it).

@@ -99,7 +99,7 @@ def test_slurm_profile_plans_every_job_with_its_resources(tmp_path):
     profile = REPO / "workflow" / "profiles" / "slurm"
     plan = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
                            "--directory", str(tmp_path), "--configfile", str(SMOKE), "--config", MATRIX,
-                           "--profile", str(profile), "--executor", "local", "--cores", "8", "-n"],
+                           "--profile", str(profile), "--executor", "local", "-n"],
                           capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     text = plan.stdout + plan.stderr
@@ -109,3 +109,5 @@ def test_slurm_profile_plans_every_job_with_its_resources(tmp_path):
     measuring = [job for job in jobs if job.startswith("d3_batching:")]
     assert all("threads: 8" in job and "mem_mb=4000" in job and "gpu=0" in job and "runtime=120" in job
                and "slurm_partition=cpu" in job for job in measuring), measuring[0]
+    light = [job for job in jobs if job.startswith("d3_batching_analysis:")]
+    assert light and all("mem_mb=2000" in job and "runtime=30" in job for job in light), light[0]

@@ -4,7 +4,8 @@ Every run directory under reports/runs/ that holds an env.json is a run (runs co
 count too). The comparison shows each phase's headline figures (findings.json `headlines`: per-repeat samples) per
 run — the median with its 95% bootstrap confidence interval — and each run's ratio to the first (baseline) run: the
 ratio of medians with its 95% bootstrap confidence interval. A run without a phase shows "not measured".
-reports/index.html is the latest run's report, with a bar linking every run and the comparison.
+reports/index.html is the latest run's report, with a bar linking every run and the comparison; with a Chinese
+edition, reports/zh/index.html is its Chinese page (reports/index.html too when only Chinese is written).
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from .. import phases
 from ..io import read_json, staged
 from ..runs import run_dirs
 from ..stats import bootstrap_median_ci, bootstrap_ratio_ci
-from .render import html_page, now
-from .templating import environment
+from .render import EDITIONS, html_page, languages, now
+from .templating import LANGUAGES, environment, translate
 
 
 def run_record(run_dir: Path) -> dict:
@@ -74,18 +75,51 @@ def comparison(runs: list[dict]) -> list[dict]:
     return blocks
 
 
-def index_page(latest_html: str, tag: str, runs: list[dict]) -> str:
-    """The latest run's report page, its links resolved inside its run directory (<base>), with a bar on top that
-    links every run and the comparison."""
-    links = " · ".join(f'<a href="../{run["tag"]}/index.html">{run["tag"]}</a>' for run in runs)
-    bar = (f'<div class="runs-bar">Showing the latest run <b>{tag}</b>. Runs: {links} · '
-           f'<a href="../../compare.html">compare runs side by side</a></div>')
-    page = latest_html.replace("<head>", f'<head>\n<base href="runs/{tag}/">', 1)
+def index_page(latest_html: str, tag: str, runs: list[dict], language: str, depth: int, reports: Path) -> str:
+    """The latest run's page of one edition, its links resolved inside its folder (<base>), with a bar on top that
+    links every run (in that edition where it exists) and the comparison. `depth`: folders between reports/ and
+    the page (reports/zh/index.html: 1)."""
+    folder = EDITIONS[language]
+    up = "../" * (1 + folder.count("/"))  # from the edition's folder back to reports/runs/
+
+    def page_of(other: str) -> str:
+        edition = folder if (reports / "runs" / other / folder / "index.html").exists() else ""
+        return f"{up}{other}/{edition}index.html"
+
+    links = " · ".join(f'<a href="{page_of(run["tag"])}">{run["tag"]}</a>' for run in runs)
+    bar = (f'<div class="runs-bar">{translate(language, "Showing the latest run")} <b>{tag}</b> · '
+           f'{translate(language, "Runs")}: {links} · '
+           f'<a href="{up}../compare.html">{translate(language, "compare runs side by side")}</a></div>')
+    base = f'{"../" * depth}runs/{tag}/{folder}'
+    page = latest_html.replace("<head>", f'<head>\n<base href="{base}">', 1)
     return page.replace("<body>", "<body>\n" + bar, 1)
 
 
-def render_comparison(reports: str | Path, tags: list[str] | None = None, latest: str | None = None) -> None:
-    """Write reports/compare.md, compare.html and index.html from the runs under `reports`/runs."""
+def index_pages(reports: Path, dirs: list[Path], runs: list[dict], latest: str | None,
+                written: tuple[str, ...]) -> dict[Path, str]:
+    """reports/index.html (the first edition written) and reports/zh/index.html (when the Chinese one is): the
+    latest run's page, `latest` if it has one, else the newest."""
+    pages = {}
+    for language in written:
+        page = Path(EDITIONS[language]) / "index.html"
+        with_page = [path for path in dirs if (path / page).exists()]
+        if not with_page:
+            continue
+        chosen = reports / "runs" / latest if latest and (reports / "runs" / latest / page).exists() \
+            else max(with_page, key=lambda path: (path / page).stat().st_mtime)
+        html = (chosen / page).read_text(encoding="utf-8")
+        if not pages:
+            pages[reports / "index.html"] = index_page(html, chosen.name, runs, language, 0, reports)
+        if language != "en":
+            pages[reports / page] = index_page(html, chosen.name, runs, language, page.parent.as_posix().count("/") + 1,
+                                               reports)
+    return pages
+
+
+def render_comparison(reports: str | Path, tags: list[str] | None = None, latest: str | None = None,
+                      written: tuple[str, ...] = LANGUAGES) -> None:
+    """Write reports/compare.md, compare.html and the index page of each edition from the runs under
+    `reports`/runs."""
     reports = Path(reports)
     dirs = run_dirs(reports)
     if tags:
@@ -103,14 +137,10 @@ def render_comparison(reports: str | Path, tags: list[str] | None = None, latest
     markdown_text = jinja.get_template("compare.md.j2").render(**context)
     outputs = {reports / "compare.md": markdown_text,
                reports / "compare.html": html_page(jinja, "llm-infer-baseline · runs compared", markdown_text)}
-    with_reports = [path for path in dirs if (path / "index.html").exists()]
-    if with_reports:
-        chosen = reports / "runs" / latest if latest and (reports / "runs" / latest / "index.html").exists() \
-            else max(with_reports, key=lambda path: (path / "index.html").stat().st_mtime)
-        outputs[reports / "index.html"] = index_page((chosen / "index.html").read_text(), chosen.name, runs)
+    outputs.update(index_pages(reports, dirs, runs, latest, written))
     with staged(*outputs) as temps:
         for temp, text in zip(temps, outputs.values()):
-            temp.write_text(text)
+            temp.write_text(text, encoding="utf-8")
 
 
 # ---- command line (python -m profiling compare) --------------------------------------------------------------
@@ -118,7 +148,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reports", default="reports", help="the reports/ directory (runs under reports/runs/)")
     parser.add_argument("--runs", nargs="*", help="run tags to compare, baseline first (default: every run)")
     parser.add_argument("--latest", help="the run tag reports/index.html shows (default: the newest report)")
+    parser.add_argument("--language", default="both", choices=("both",) + LANGUAGES,
+                        help="the editions' index pages to write: en, zh (reports/zh/index.html) or both")
 
 
 def cli(args) -> None:
-    render_comparison(args.reports, args.runs, args.latest)
+    render_comparison(args.reports, args.runs, args.latest, languages(args.language))

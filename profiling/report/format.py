@@ -66,5 +66,14 @@ def rate(value, unit: str = "B/s") -> str:
     return "n/a" if _missing(value) else f"{value / 1e9:.1f} G{unit}"
 
 
-FILTERS = {"ms": ms, "secs": secs, "duration": duration, "pct": pct, "percent": percent, "num": num,
+def figure(value, unit: str) -> str:
+    """A headline figure in its unit: seconds as ms, bytes/s as GB/s, anything else with one decimal and the unit."""
+    if unit == "s":
+        return ms(value)
+    if unit == "bytes/s":
+        return rate(value)
+    return f"{num(value, 1)} {unit}".strip()
+
+
+FILTERS = {"figure": figure, "ms": ms, "secs": secs, "duration": duration, "pct": pct, "percent": percent, "num": num,
            "ratio": ratio, "bytes": bytes_, "rate": rate}

@@ -42,8 +42,9 @@ def evaluate(row: phases.WallRow, phase: str | None, run_dir: Path, jinja: jinja
     """☑ with the key numbers when the proof exists and its note can be written; else ☐ and why."""
     proof = "env.json" if phase is None else f"data/{phase}/findings.json"
     path = run_dir / proof
+    words = jinja.globals["tr"]  # the edition's wording of the notes below
     if not path.exists():
-        return Status(row, phase, proof, False, "not yet measured")
+        return Status(row, phase, proof, False, words("not yet measured"))
     try:
         data = read_json(path)
         note = env_note(data) if phase is None else answer(jinja, phase, data, row.note)
@@ -53,7 +54,7 @@ def evaluate(row: phases.WallRow, phase: str | None, run_dir: Path, jinja: jinja
             raise ValueError(f"a key number is missing or not finite: {note}")
         return Status(row, phase, proof, True, note)
     except (KeyError, TypeError, ValueError, AttributeError, jinja2.UndefinedError) as error:
-        return Status(row, phase, proof, False, f"proof incomplete ({type(error).__name__}: {error})")
+        return Status(row, phase, proof, False, f"{words('proof incomplete')} ({type(error).__name__}: {error})")
 
 
 def wall(run_dir: str | Path, jinja: jinja2.Environment) -> dict:
@@ -71,9 +72,11 @@ def wall(run_dir: str | Path, jinja: jinja2.Environment) -> dict:
 # ---- command line (python -m profiling progress) -------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--run-dir", required=True, help="the run's directory (reports/runs/<run tag>)")
+    parser.add_argument("--language", default="both", choices=("both", "en", "zh"),
+                        help="the editions to write: en, zh (under <run dir>/zh/) or both")
 
 
 def cli(args) -> None:
-    from .render import render_progress
+    from .render import languages, render_progress
 
-    render_progress(args.run_dir)
+    render_progress(args.run_dir, languages(args.language))

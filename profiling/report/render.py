@@ -1,28 +1,76 @@
-"""Render one run's report: report.md, index.html, PROGRESS.md, progress.html, records/*.txt and figures/.
+"""Render one run's report: report.md, index.html, PROGRESS.md, progress.html, records/*.txt and figures/, in
+each language edition asked for (English in the run directory, Chinese under its zh/ folder).
 
 The report never measures and never analyses: it reads the run's env.json and each phase's analysis outputs
-(through the phase's view, which also draws its charts) and fills the Jinja templates. A phase whose artifacts are
-missing is rendered as "not yet measured". The HTML pages are the same Markdown, converted, inside a
-self-contained page (inline CSS, relative links: works from file://).
+(through the phase's view, which also draws its charts, once for every edition) and fills the Jinja templates. A
+phase whose artifacts are missing is rendered as "not yet measured". The HTML pages are the same Markdown,
+converted, inside a self-contained page (inline CSS, relative links: works from file://).
 """
 from __future__ import annotations
 
+import re
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+import jinja2
 import markdown
 
 from .. import phases
 from ..io import read_json, staged
 from .progress import wall
-from .templating import LANGUAGE, PHASES_DIR, environment
+from .templating import LANGUAGES, PHASES_DIR, answer, environment, translate
 
 MD_PAGES = {"report": "report.md", "progress": "PROGRESS.md"}
 HTML_PAGES = {"report": "index.html", "progress": "progress.html"}
+EDITIONS = {"en": "", "zh": "zh/"}  # where each language edition lives inside a run directory
+OWN_FOLDERS = ("records/",)  # an edition writes its own copy of these; figures, data and traces are shared
+EDITION_NAMES = {"en": "English edition", "zh": "中文版"}  # each edition's name, in its own language
+HEADLINES_SHOWN = 3
+
+
+# ---- editions --------------------------------------------------------------------------------------------------
+def languages(setting: str | None) -> tuple[str, ...]:
+    """The editions the config's `language` asks for: "en", "zh" or "both"."""
+    return LANGUAGES if setting in (None, "both") else (setting,)
+
+
+def edition_dir(run_dir: Path, language: str) -> Path:
+    return run_dir / EDITIONS[language]
+
+
+def other_editions(language: str, written: tuple[str, ...], page: str) -> list[dict]:
+    """Links from one edition's `page` to the same page of every other edition written."""
+    up = "../" * EDITIONS[language].count("/")
+    return [{"label": EDITION_NAMES[other], "href": f"{up}{EDITIONS[other]}{page}"}
+            for other in written if other != language]
+
+
+def rebase(markdown_text: str, prefix: str) -> str:
+    """Point the relative links of an edition that lives in a subfolder at the run's shared files: `figures/x.png`
+    -> `../figures/x.png`; the edition's own pages, its own folders and in-page anchors stay."""
+    if not prefix:
+        return markdown_text
+    own = tuple(MD_PAGES.values()) + tuple(HTML_PAGES.values()) + OWN_FOLDERS
+
+    def fix(match: re.Match) -> str:
+        target = match.group(1)
+        if re.match(r"[a-z]+:|[#/]|\.\./", target) or target.split("#")[0] in own or target.startswith(own):
+            return match.group(0)
+        return f"]({prefix}{target})"
+
+    return re.sub(r"\]\(([^)\s]+)\)", fix, markdown_text)
+
+
+def figure_anchors(markdown_text: str) -> str:
+    """Give every figure an anchor named after its file: `![…](figures/d1_request_waterfall.png)` gets
+    `<a id="d1_request_waterfall"></a>` in front of it."""
+    return re.sub(r"!\[[^\]]*\]\((?:\.\./)*figures/([\w.-]+?)\.png\)",
+                  lambda match: f'<a id="{match.group(1)}"></a>{match.group(0)}', markdown_text)
 
 
 def html_page(jinja, title: str, markdown_text: str) -> str:
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", "md_in_html"])
     return jinja.get_template("page.html.j2").render(title=title, body=body)
 
 
@@ -30,58 +78,111 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def render_progress(run_dir: str | Path) -> None:
-    """Write PROGRESS.md and progress.html from the artifacts now under `run_dir`."""
-    run_dir = Path(run_dir)
-    jinja = environment()
+def write_all(outputs: dict[Path, str]) -> None:
+    """Write every file or none (staged)."""
+    with staged(*outputs) as temps:
+        for temp, text in zip(temps, outputs.values()):
+            temp.write_text(text, encoding="utf-8")
+
+
+# ---- progress wall -------------------------------------------------------------------------------------------
+def progress_pages(run_dir: Path, language: str, written: tuple[str, ...], stamp: str) -> dict[Path, str]:
+    """One edition's PROGRESS.md and progress.html."""
+    jinja = environment(language)
     table = wall(run_dir, jinja)
-    stamp = now()
+    folder, prefix = edition_dir(run_dir, language), "../" * EDITIONS[language].count("/")
     pages = {}
     for name, links in (("PROGRESS.md", MD_PAGES), ("progress.html", HTML_PAGES)):
-        pages[name] = jinja.get_template("progress.md.j2").render(wall=table, pages=links, generated_at=stamp)
-    pages["progress.html"] = html_page(jinja, "llm-infer-baseline · progress", pages["progress.html"])
-    with staged(*(run_dir / name for name in pages)) as temps:
-        for temp, text in zip(temps, pages.values()):
-            temp.write_text(text)
+        text = jinja.get_template("progress.md.j2").render(
+            wall=table, pages=links, generated_at=stamp, editions=other_editions(language, written, name))
+        pages[folder / name] = rebase(text, prefix)
+    html = folder / "progress.html"
+    pages[html] = html_page(jinja, f"llm-infer-baseline · {translate(language, 'progress wall')}", pages[html])
+    return pages
 
 
+def render_progress(run_dir: str | Path, written: tuple[str, ...] = LANGUAGES) -> None:
+    """Write PROGRESS.md and progress.html of every edition from the artifacts now under `run_dir`."""
+    run_dir = Path(run_dir)
+    stamp = now()
+    outputs = {}
+    for language in written:
+        outputs.update(progress_pages(run_dir, language, written, stamp))
+    write_all(outputs)
+
+
+# ---- report --------------------------------------------------------------------------------------------------
 def sections(run_dir: Path) -> list[dict]:
-    """One entry per registered phase, in report order: its metadata and its view (None: not yet measured)."""
+    """One entry per registered phase, in report order: its metadata, findings and view (None: not measured)."""
     result = []
     for name in phases.PHASES:
         meta = phases.load(name)
-        view = phases.module(name, "view").view(run_dir, run_dir / "figures")
+        findings_path = run_dir / "data" / name / "findings.json"
+        view_path = PHASES_DIR / name / "view.py"
+        view = phases.module(name, "view").view(run_dir, run_dir / "figures") if view_path.exists() else None
         result.append({"name": name, "chapter": meta.CHAPTER, "title": meta.TITLE, "question": meta.QUESTION,
                        "view": view, "proof": f"data/{name}/findings.json",
+                       "findings": read_json(findings_path) if findings_path.exists() else None,
                        "record": (PHASES_DIR / name / "record.txt.j2").exists()})
     return result
 
 
-def render_all(run_dir: str | Path) -> None:
-    """Write every report file of one run (figures first, then records, report pages and progress wall)."""
-    run_dir = Path(run_dir)
-    jinja = environment()
-    env = read_json(run_dir / "env.json")
-    context = {"env": env, "sections": sections(run_dir), "generated_at": now(), "language": LANGUAGE}
+def headline_figures(findings: dict) -> list[dict]:
+    """The first few headline figures of a phase: label, median of its samples, n and unit."""
+    return [{"label": item["label"], "median": statistics.median(item["values"]), "n": len(item["values"]),
+             "unit": item["unit"]}
+            for item in findings.get("headlines", [])[:HEADLINES_SHOWN] if item["values"]]
 
+
+def glance(section: dict, jinja) -> dict:
+    """A phase's line in "the run at a glance": its one-line answer (None when it cannot be worded) and headlines."""
+    findings = section["findings"]
+    if findings is None:
+        return {"measured": False, "answer": None, "headlines": []}
+    try:
+        line = answer(jinja, section["name"], findings)
+    except (jinja2.TemplateError, KeyError, TypeError, ValueError, AttributeError):
+        line = None
+    return {"measured": True, "answer": line, "headlines": headline_figures(findings)}
+
+
+def report_pages(run_dir: Path, context: dict, language: str, written: tuple[str, ...]) -> dict[Path, str]:
+    """One edition's records, report.md and index.html."""
+    jinja = environment(language)
+    folder, prefix = edition_dir(run_dir, language), "../" * EDITIONS[language].count("/")
+    context = {**context, "glance": {s["name"]: glance(s, jinja) for s in context["sections"]}}
     outputs = {}
     for section in context["sections"]:
         if section["view"] is not None and section["record"]:
             record = jinja.get_template(f"{section['name']}/record.txt.j2").render(section=section["view"], **context)
-            outputs[run_dir / "records" / f"{section['name']}.txt"] = record
-    outputs[run_dir / "report.md"] = jinja.get_template("report.md.j2").render(pages=MD_PAGES, **context)
-    html_md = jinja.get_template("report.md.j2").render(pages=HTML_PAGES, **context)
-    outputs[run_dir / "index.html"] = html_page(jinja, f"llm-infer-baseline report · {env['run_tag']}", html_md)
-    with staged(*outputs) as temps:
-        for temp, text in zip(temps, outputs.values()):
-            temp.write_text(text)
-    render_progress(run_dir)
+            outputs[folder / "records" / f"{section['name']}.txt"] = record
+    for name, links in (("report.md", MD_PAGES), ("index.html", HTML_PAGES)):
+        text = jinja.get_template("report.md.j2").render(
+            pages=links, editions=other_editions(language, written, name), **context)
+        outputs[folder / name] = figure_anchors(rebase(text, prefix))
+    title = f"llm-infer-baseline · {translate(language, 'report')} · {context['env']['run_tag']}"
+    outputs[folder / "index.html"] = html_page(jinja, title, outputs[folder / "index.html"])
+    return outputs
+
+
+def render_all(run_dir: str | Path, written: tuple[str, ...] = LANGUAGES) -> None:
+    """Write every report file of one run in each language of `written` (figures first, then records, report
+    pages and progress wall)."""
+    run_dir = Path(run_dir)
+    context = {"env": read_json(run_dir / "env.json"), "sections": sections(run_dir), "generated_at": now()}
+    outputs = {}
+    for language in written:
+        outputs.update(report_pages(run_dir, context, language, written))
+    write_all(outputs)
+    render_progress(run_dir, written)
 
 
 # ---- command line (python -m profiling report) ---------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--run-dir", required=True, help="the run's directory (reports/runs/<run tag>)")
+    parser.add_argument("--language", default="both", choices=("both",) + LANGUAGES,
+                        help="the editions to write: en, zh (under <run dir>/zh/) or both")
 
 
 def cli(args) -> None:
-    render_all(args.run_dir)
+    render_all(args.run_dir, languages(args.language))

@@ -73,4 +73,4 @@ def uses_gpu(wildcards):
 
 # Timing rules hold the whole device: with --cores N they never overlap with another timing rule, and on a
 # cluster (workflow/profiles/slurm) each asks for its GPU and memory.
-MEASURING_RESOURCES = {"gpu": uses_gpu, "mem_mb": 4000}
+MEASURING_RESOURCES = {"gpu": uses_gpu, "mem_mb": 4000, "runtime": 120}  # runtime: minutes

@@ -320,6 +320,21 @@ def headline_figures(measurements: pd.DataFrame) -> list[dict]:
             headline("copy bandwidth", copies["work_bytes"] / copies["value"], "bytes/s", "higher")]
 
 
+def verdict_matrix(points: pd.DataFrame) -> dict:
+    """Verdict counts by stage (rows) and batch size (columns): the compact view of every roofline point."""
+    if points.empty:
+        return {"batch_sizes": [], "rows": []}
+    batches = sorted(int(b) for b in points["batch_size"].unique())
+    rows = []
+    for stage in sorted(points["stage"].unique(), key=lambda name: (name != "prefill", name)):
+        of_stage = points[points["stage"] == stage]
+        cells = [{verdict: int(count) for verdict, count in
+                  of_stage[of_stage["batch_size"] == batch]["verdict"].value_counts().sort_index().items()}
+                 for batch in batches]
+        rows.append({"stage": stage, "cells": cells})
+    return {"batch_sizes": batches, "rows": rows}
+
+
 def findings(points: pd.DataFrame, breakdown: pd.DataFrame, ceilings: dict, roofs: dict, threads: pd.DataFrame,
              overhead: dict, gpu: dict, sources: list[str], overhead_threshold: float,
              cv_warn: float, headlines: list[dict]) -> dict:
@@ -354,6 +369,7 @@ def findings(points: pd.DataFrame, breakdown: pd.DataFrame, ceilings: dict, roof
         "largest_batch_decode_point": largest_decode,
         "points": points.to_dict(orient="records"),
         "verdict_counts": verdict_counts,
+        "verdict_matrix": verdict_matrix(points),
         "host_outside_operators_share": host,
         "decode_host_share": decode_host,
         "operators_per_forward": operators_per_forward,
