@@ -101,18 +101,28 @@ def _row(table: pd.DataFrame, variant: str) -> dict | None:
     return rows.iloc[0].to_dict() if len(rows) else None
 
 
-def _ratio(a, b) -> float:
-    return float(a) / float(b) if a is not None and b and math.isfinite(float(b)) and float(b) > 0 else math.nan
+def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
+    """a[key] / b[key], or None when either run is missing (not measured in this run)."""
+    if a is None or b is None or not b[key] or not math.isfinite(b[key]):
+        return None
+    return float(a[key]) / float(b[key])
+
+
+def continuous_rates(runs: pd.DataFrame) -> list[str]:
+    """The rate names of our continuous-policy runs (tenant runs aside), lowest first."""
+    rows = runs[(runs["server"] == "ours") & (runs["policy"] == "continuous")
+                & ~runs["variant"].str.startswith("tenants_")]
+    return [rate_name(rate) for rate in sorted(rows["request_rate"])]
 
 
 def targets(runs: pd.DataFrame, measurements: pd.DataFrame, cfg: dict) -> dict:
-    """The measured target ratios: continuous vs static goodput at the policy rate; saturated output throughput
-    ours vs the reference; TTFT p50 at the lowest rate ours vs the reference; TPOT p50 at the lowest rate vs
-    the engine's offline decode step at batch 1 (with its bootstrap 95% CI)."""
+    """The measured target ratios (None where a side was not measured): continuous vs static goodput at the
+    policy rate; saturated output throughput ours vs the reference (at the highest rate); TTFT p50 at the lowest
+    rate ours vs the reference; TPOT p50 at the lowest rate vs the engine's offline decode step at batch 1 (with
+    its bootstrap 95% CI)."""
     policy_rate = rate_name(float(cfg["policy_rate_req_per_s"]))
-    static, continuous = _row(runs, f"static_r{policy_rate}"), _row(runs, f"continuous_r{policy_rate}")
-    rates = sorted(float(rate) for rate in cfg["rates_req_per_s"])
-    low, high = (rate_name(rates[0]), rate_name(rates[-1])) if rates else (None, None)
+    rates = continuous_rates(runs)
+    low, high = (rates[0], rates[-1]) if rates else (None, None)
     ours_low, ref_low = _row(runs, f"continuous_r{low}"), _row(runs, f"vllm_r{low}")
     ours_high, ref_high = _row(runs, f"continuous_r{high}"), _row(runs, f"vllm_r{high}")
     offline = measurements[(measurements["variant"] == "offline_b1") & (measurements["metric"] == "decode_step_s")]
@@ -120,11 +130,10 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, cfg: dict) -> dict:
     tpot_ratio = bootstrap_ratio_ci(served_tpot["value"].tolist(), offline["value"].tolist())
     return {
         "policy_rate": policy_rate, "low_rate": low, "high_rate": high,
-        "goodput_continuous_over_static": _ratio(continuous and continuous["goodput_req_per_s"],
-                                                 static and static["goodput_req_per_s"]),
-        "saturated_tok_per_s_over_reference": _ratio(ours_high and ours_high["output_tok_per_s"],
-                                                     ref_high and ref_high["output_tok_per_s"]),
-        "ttft_p50_over_reference": _ratio(ours_low and ours_low["ttft_p50_s"], ref_low and ref_low["ttft_p50_s"]),
+        "goodput_continuous_over_static": _ratio(_row(runs, f"continuous_r{policy_rate}"),
+                                                 _row(runs, f"static_r{policy_rate}"), "goodput_req_per_s"),
+        "saturated_tok_per_s_over_reference": _ratio(ours_high, ref_high, "output_tok_per_s"),
+        "ttft_p50_over_reference": _ratio(ours_low, ref_low, "ttft_p50_s"),
         "offline_decode_step_p50_s": float(offline["value"].median()) if len(offline) else math.nan,
         "tpot_over_offline_step": tpot_ratio[0], "tpot_over_offline_step_ci95": [tpot_ratio[1], tpot_ratio[2]],
         "reference_measured": ref_low is not None or ref_high is not None,
@@ -134,8 +143,8 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, cfg: dict) -> dict:
 def findings(measurements: pd.DataFrame, runs: pd.DataFrame, tenants: pd.DataFrame, flow: pd.DataFrame,
              meta: dict, cfg: dict) -> dict:
     """The key numbers the report's text, the at-a-glance block and the progress wall are worded from."""
-    low = rate_name(min(float(rate) for rate in cfg["rates_req_per_s"])) if cfg["rates_req_per_s"] else None
-    main = f"continuous_r{low}" if low else our_runs(cfg)[0].variant
+    rates = continuous_rates(runs)
+    main = f"continuous_r{rates[0]}" if rates else our_runs(cfg)[0].variant
     main_flow = flow[flow["variant"] == main].sort_values("order")
     quiet = tenants.groupby("tenant_policy") if len(tenants) else None
     fairness = {}
