@@ -35,6 +35,7 @@ class WallRow:
     label: str  # the row's text, as in the learning plan
     extra: tuple  # further columns of the row (category, question, …)
     note: str = "answer"  # macro name in <phase>/answers.<lang>.j2
+    artifact: str | None = None  # a file of the run that must exist too and that the row links (e.g. a figure)
 
 
 def load(name: str):

@@ -39,11 +39,13 @@ def env_note(env: dict) -> str:
 
 
 def evaluate(row: phases.WallRow, phase: str | None, run_dir: Path, jinja: jinja2.Environment) -> Status:
-    """☑ with the key numbers when the proof exists and its note can be written; else ☐ and why."""
-    proof = "env.json" if phase is None else f"data/{phase}/findings.json"
-    path = run_dir / proof
+    """☑ with the key numbers when the proof (findings, and the row's own artifact when it names one) exists and
+    its note can be written; else ☐ and why."""
+    findings = "env.json" if phase is None else f"data/{phase}/findings.json"
+    path = run_dir / findings
+    proof = row.artifact or findings  # the file the row links: its own artifact (e.g. a figure), or the findings
     words = jinja.globals["tr"]  # the edition's wording of the notes below
-    if not path.exists():
+    if not path.exists() or not (run_dir / proof).exists():
         return Status(row, phase, proof, False, words("not yet measured"))
     try:
         data = read_json(path)

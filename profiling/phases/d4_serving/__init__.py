@@ -12,6 +12,7 @@ CHAPTER = "D4"
 TITLE = {"en": "Serving", "zh": "推理系统架构"}
 QUESTION = {"en": "What does a real inference service look like?", "zh": "一个真实推理服务长什么样？"}
 WALL = [
-    WallRow("checklist", 6, "✅ 绘制简化的推理服务流程图", ("系统", "CPU/Queue/GPU Worker/Decode"), note="flow"),
+    WallRow("checklist", 6, "✅ 绘制简化的推理服务流程图", ("系统", "CPU/Queue/GPU Worker/Decode"), note="flow",
+            artifact=f"figures/{NAME}_flow.png"),  # the diagram itself, drawn from the measured spans
     WallRow("phases", 4, "D4 推理系统架构", ("调度、队列、多租户", "“一个真实推理服务长什么样？”")),
 ]

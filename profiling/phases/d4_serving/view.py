@@ -10,38 +10,42 @@ from matplotlib.patches import FancyBboxPatch
 
 from ...io import read_data_files
 from ...report.charts import STAGE_COLOURS, plt, save
+from ...report.format import duration
 from . import NAME as PHASE
 
 DATA = Path("data") / PHASE
 TRACES = Path("traces") / PHASE
 POLICY_COLOURS = {"static": "#d62728", "dynamic": "#ff7f0e", "continuous": "#1f77b4", "vllm": "#2ca02c"}
-# The boxes of the flow diagram, in order, and the stage (flow.csv) on the edge that leaves each box.
-FLOW_BOXES = [("client", "http_s"), ("HTTP front end\n(FastAPI, tokenize)", "queue_wait_s"),
-              ("queue", "schedule_s"), ("scheduler", "prefill_s"), ("worker: prefill", "decode_s"),
-              ("worker: decode steps", "handoff_s"), ("detokenize", "stream_s"), ("stream (SSE)", None)]
-EDGE_LABELS = {"http_s": "parse + tokenize", "queue_wait_s": "queue wait", "schedule_s": "to prefill",
-               "prefill_s": "prefill", "decode_s": "decode", "handoff_s": "token → chunk", "stream_s": "last chunk"}
+# The boxes of the flow diagram, in order, and the stage (flow.csv) on the arrow that leaves each box: the time a
+# request spends in that box. The client's own arrow is the loopback send (not measured on the server).
+FLOW_BOXES = [("client", None), ("HTTP front end\n(FastAPI, tokenize)", "http_s"), ("queue", "queue_wait_s"),
+              ("scheduler", "schedule_s"), ("worker:\nprefill", "prefill_s"), ("worker:\ndecode steps", "decode_s"),
+              ("detokenize\n(per chunk)", "detokenize_s"), ("stream (SSE)", "stream_s"), ("client", None)]
+EDGE_LABELS = {"http_s": "parse + tokenize", "queue_wait_s": "queue wait", "schedule_s": "admitted → prefill",
+               "prefill_s": "prefill", "decode_s": "decode", "detokenize_s": "detokenize (all)",
+               "stream_s": "last token → done"}
 
 
 def flow_diagram(flow: pd.DataFrame, variant: str, figures: Path) -> str:
     """The service's flow as boxes and arrows, each arrow labelled with the measured median time of its stage."""
     medians = flow[flow["variant"] == variant].set_index("stage")["median_s"]
-    fig, ax = plt.subplots(figsize=(12, 2.6))
-    width, gap = 1.25, 0.32
+    fig, ax = plt.subplots(figsize=(13, 2.8))
+    width, gap = 1.15, 0.38
     for index, (label, stage) in enumerate(FLOW_BOXES):
         x = index * (width + gap)
         ax.add_patch(FancyBboxPatch((x, 0), width, 1, boxstyle="round,pad=0.02", facecolor="#eef4fb",
                                     edgecolor="#4a90d9"))
         ax.text(x + width / 2, 0.5, label, ha="center", va="center", fontsize=8)
-        if stage is not None:
-            ax.annotate("", xy=(x + width + gap, 0.5), xytext=(x + width, 0.5),
-                        arrowprops={"arrowstyle": "->", "color": "#333333"})
-            seconds = medians.get(stage, math.nan)
-            text = "n/a" if not math.isfinite(seconds) else (f"{seconds * 1e3:.1f} ms" if seconds < 1 else
-                                                              f"{seconds:.2f} s")
-            ax.text(x + width + gap / 2, 1.12, f"{EDGE_LABELS[stage]}\n{text}", ha="center", va="bottom", fontsize=7)
+        if index == len(FLOW_BOXES) - 1:
+            continue
+        ax.annotate("", xy=(x + width + gap, 0.5), xytext=(x + width, 0.5),
+                    arrowprops={"arrowstyle": "->", "color": "#333333"})
+        label = "request" if stage is None else f"{EDGE_LABELS[stage]}\n{duration(medians.get(stage, math.nan))}"
+        ax.text(x + width + gap / 2, 1.12, label, ha="center", va="bottom", fontsize=7)
+    handoff = duration(medians.get("handoff_s", math.nan))
+    ax.text(0, -0.15, f"token on the host → its chunk sent: {handoff} per token (median)", fontsize=7, va="top")
     ax.set_xlim(-0.1, len(FLOW_BOXES) * (width + gap))
-    ax.set_ylim(-0.2, 1.8)
+    ax.set_ylim(-0.4, 1.8)
     ax.axis("off")
     ax.set_title(f"Request flow through our service, median per request ({variant})", fontsize=10)
     return save(fig, figures, f"{PHASE}_flow")

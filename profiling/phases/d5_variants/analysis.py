@@ -1,0 +1,357 @@
+"""D5 analysis: the variant table, the timelines side by side, and the next directions ranked by headroom.
+
+Reads D5's measurements.csv, meta.json and traces, and D2's ceilings.json (the bandwidth roof; optional). Never
+runs the model. Writes:
+
+    summary.csv     statistics of every timed metric per variant and batch size (stats.summary_table)
+    variants.csv    the variant table: one row per variant and batch size (see `variant_table`)
+    findings.json   key numbers, the timelines, the ranked directions and `directions_summary`
+
+Definitions (seconds, bytes, bytes/s, joules):
+    step_p50_s             median decode step over every timed step of every repeat (ci95: bootstrap of the median)
+    speedup                reference step p50 / variant step p50 (> 1 is faster), bootstrap 95% CI
+    decode_tok_per_s       batch / step_p50_s
+    achieved_bandwidth     step_weight_bytes / step_p50_s (weights in the variant's own storage, as gpt-fast)
+    roof_share             achieved_bandwidth / roof; roof = the highest bandwidth in D2's ceilings.json
+    one_off_s              build_s + (warmup_s - warmup x e2e p50): loading, quantising, compiling, first calls
+    energy_per_token_j     energy_j / (batch x output_tokens), median over repeats
+    host_overhead_share    1 - (operator self time in the decode steps) / (decode step wall time), from a trace;
+                           compiled variants are built with Inductor's kernel profiling on, so their fused
+                           kernels count as operators
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...io import read_json, staged, write_json
+from ...metrics import headline, per_repeat, profiler_overhead_ratio
+from ...stats import bootstrap_ratio_ci, summarize, summary_table
+from ...trace_ops import operator_table, stage_spans  # the one import of the trace helpers
+from .variants import REFERENCE
+
+ENGINE_STAGE = r"^(tokenize|prefill|decode_step\[\d+\]|detokenize)$"  # the engine's span labels
+STEP_INDEX = re.compile(r"\[\d+\]$")
+NOT_BANDWIDTHS = {"matmul"}  # ceilings whose bytes/s is a side effect of a compute-bound operation
+LINES = {"kernel": "kernel engineering", "serving": "serving engineering", "systems": "systems engineering"}
+
+
+# ---- reading -----------------------------------------------------------------------------------------------------
+def timed_rows(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the untraced runs and the per-variant constants (traced != 1)."""
+    traced = measurements["traced"] if "traced" in measurements else pd.Series(0, index=measurements.index)
+    return measurements[traced.fillna(0) != 1]
+
+
+def values(rows: pd.DataFrame, variant: str, metric: str, batch: int | None = None) -> list[float]:
+    """Every value of `metric` for `variant` (and batch size, when given)."""
+    selected = rows[(rows["variant"] == variant) & (rows["metric"] == metric)]
+    if batch is not None:
+        selected = selected[selected["batch_size"] == batch]
+    return selected["value"].astype(float).tolist()
+
+
+def one_value(rows: pd.DataFrame, variant: str, metric: str, batch: int | None = None) -> float:
+    """The median of `metric` (NaN when absent)."""
+    found = values(rows, variant, metric, batch)
+    return float(np.median(found)) if found else float("nan")
+
+
+def roof_bandwidth(ceilings: dict | None) -> dict:
+    """The highest bandwidth of D2's ceilings.json (fastest repeat of every ceiling that holds bytes/s, except
+    compute-bound ones): {"bytes_per_s", "source"}; NaN and source None without ceilings."""
+    best = {"bytes_per_s": float("nan"), "source": None}
+    for name, record in ((ceilings or {}).get("ceilings") or {}).items():
+        if name in NOT_BANDWIDTHS or not isinstance(record, dict):
+            continue
+        rates = [v for v in [record.get("bytes_per_s"), *(record.get("bytes_per_s_range") or [])] if v]
+        if rates and (best["source"] is None or max(rates) > best["bytes_per_s"]):
+            best = {"bytes_per_s": float(max(rates)), "source": name}
+    return best
+
+
+# ---- the variant table -------------------------------------------------------------------------------------------
+def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmup: int) -> dict:
+    """One row of the variant table (see the module docstring for every definition)."""
+    steps = values(rows, variant, "decode_step_s", batch)
+    reference_steps = values(rows, REFERENCE, "decode_step_s", batch)
+    stats = summarize(steps)
+    speedup, speedup_low, speedup_high = bootstrap_ratio_ci(reference_steps, steps)
+    step_p50 = stats.get("p50", float("nan"))
+    weight_bytes = one_value(rows, variant, "step_weight_bytes")
+    kv_bytes = one_value(rows, variant, "step_kv_bytes", batch)
+    achieved = weight_bytes / step_p50
+    e2e = one_value(rows, variant, "e2e_s", batch)
+    warmup_s = one_value(rows, variant, "warmup_s", batch)
+    build_s = one_value(rows, variant, "build_s")
+    energy = [joules / (batch * tokens) for joules, tokens in zip(
+        per_repeat(rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)], "energy_j"),
+        per_repeat(rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)], "output_tokens"))]
+    reference_step = float(np.median(reference_steps)) if reference_steps else float("nan")
+    reference_bytes = one_value(rows, REFERENCE, "step_weight_bytes")
+    return {
+        "variant": variant, "batch_size": batch, "available": True,
+        "step_p50_s": step_p50, "step_ci95_low_s": stats.get("ci95_low"), "step_ci95_high_s": stats.get("ci95_high"),
+        "step_p90_s": stats.get("p90"), "step_cv": stats.get("cv"), "steps_n": stats.get("n", 0),
+        "repeats": len(per_repeat(rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)],
+                                  "decode_step_s")),
+        "speedup": speedup, "speedup_ci95_low": speedup_low, "speedup_ci95_high": speedup_high,
+        "prefill_p50_s": one_value(rows, variant, "prefill_s", batch),
+        "output_tok_per_s": one_value(rows, variant, "output_tok_per_s", batch),
+        "decode_tok_per_s": batch / step_p50,
+        "peak_memory_bytes": one_value(rows, variant, "peak_memory_bytes"),
+        "build_s": build_s, "warmup_s": warmup_s,
+        "one_off_s": build_s + max(0.0, warmup_s - warmup * e2e),
+        "step_weight_bytes": weight_bytes, "step_kv_bytes": kv_bytes,
+        "bytes_ratio": weight_bytes / reference_bytes, "time_ratio": step_p50 / reference_step,
+        "achieved_bandwidth_bytes_per_s": achieved,
+        "achieved_bandwidth_with_kv_bytes_per_s": (weight_bytes + kv_bytes) / step_p50,
+        "roof_bytes_per_s": roof, "roof_share": achieved / roof,
+        "token_match_ratio": one_value(rows, variant, "token_match_ratio", batch),
+        "first_logit_max_abs_diff": one_value(rows, variant, "first_logit_max_abs_diff", batch),
+        "energy_per_token_j": float(np.median(energy)) if energy else float("nan"),
+        "reason": "",
+    }
+
+
+def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_sizes: list[int],
+                  warmup: int) -> pd.DataFrame:
+    """One row per variant (config order) and batch size; an unavailable variant has one row per batch size with
+    available False and its reason."""
+    rows = timed_rows(measurements)
+    unavailable = meta["notes"].get("unavailable", {})
+    table = []
+    for variant in variant_order(measurements):
+        for batch in batch_sizes:
+            if variant in unavailable:
+                table.append({"variant": variant, "batch_size": batch, "available": False,
+                              "reason": unavailable[variant]})
+            else:
+                table.append(variant_row(rows, variant, batch, roof, warmup))
+    return pd.DataFrame(table)
+
+
+def variant_order(measurements: pd.DataFrame) -> list[str]:
+    """Variants in the order the experiment ran them (the reference first)."""
+    names = list(dict.fromkeys(measurements["variant"]))
+    return [REFERENCE] + [name for name in names if name != REFERENCE]
+
+
+def best_variant(table: pd.DataFrame, batch: int) -> str:
+    """The available variant with the highest speed-up at `batch` (the reference when none is faster)."""
+    rows = table[(table["batch_size"] == batch) & table["available"]].dropna(subset=["speedup"])
+    return str(rows.sort_values("speedup", ascending=False).iloc[0]["variant"])
+
+
+# ---- timelines ---------------------------------------------------------------------------------------------------
+def enclosing_stages(spans: pd.DataFrame) -> dict:
+    """Annotation name -> the engine stage group (prefill, decode_step, …) whose span contains most of its
+    occurrences, for annotations nested inside the engine's spans (e.g. a compiled graph's "## Call
+    CompiledFxGraph … ##"): the operators under them belong to that stage."""
+    engine = spans[spans["name"].str.match(ENGINE_STAGE)]
+    votes: dict = {}
+    for _, span in spans[~spans["name"].str.match(ENGINE_STAGE)].iterrows():
+        inside = engine[(engine["start_s"] <= span["start_s"])
+                        & (engine["start_s"] + engine["seconds"] >= span["start_s"] + span["seconds"])]
+        if len(inside):
+            group = STEP_INDEX.sub("", inside.iloc[-1]["name"])
+            votes.setdefault(span["name"], []).append(group)
+    return {name: max(set(groups), key=groups.count) for name, groups in votes.items()}
+
+
+def timeline(trace_path) -> dict:
+    """From one variant's trace: decode steps, operators per step, seconds per step (span wall), host-overhead
+    share and operator self seconds per step by operator name (CPU operators; on CUDA kernels too)."""
+    spans = stage_spans(trace_path)
+    decode = spans[spans["name"].str.startswith("decode_step[")]
+    steps = len(decode)
+    if steps == 0:
+        return {"decode_steps": 0}
+    operators = operator_table(trace_path)
+    operators["stage"] = operators["stage"].replace(enclosing_stages(spans))
+    in_decode = operators[operators["stage"] == "decode_step"].groupby(["device", "op"], as_index=False).agg(
+        calls=("calls", "sum"), self_s=("self_s", "sum"))
+    cpu = in_decode[in_decode["device"] == "cpu"]
+    wall = float(decode["seconds"].sum())
+    per_op = (in_decode.groupby(["device", "op"])["self_s"].sum() / steps)
+    return {
+        "decode_steps": steps,
+        "step_wall_s": wall / steps,
+        "operators_per_step": float(cpu["calls"].sum()) / steps,
+        "host_overhead_share": 1.0 - float(cpu["self_s"].sum()) / wall,
+        "kernels_per_step": float(in_decode.loc[in_decode["device"] == "cuda", "calls"].sum()) / steps,
+        "op_self_s_per_step": {f"{device}:{op}": float(s) for (device, op), s in per_op.items()},
+    }
+
+
+def moved_operators(reference: dict, best: dict, top: int) -> list[dict]:
+    """The `top` operators whose self seconds per decode step changed most between two timelines."""
+    ops_a, ops_b = reference.get("op_self_s_per_step", {}), best.get("op_self_s_per_step", {})
+    moved = [{"op": op, "reference_s": ops_a.get(op, 0.0), "best_s": ops_b.get(op, 0.0),
+              "delta_s": ops_b.get(op, 0.0) - ops_a.get(op, 0.0)} for op in set(ops_a) | set(ops_b)]
+    return sorted(moved, key=lambda row: abs(row["delta_s"]), reverse=True)[:top]
+
+
+# ---- directions --------------------------------------------------------------------------------------------------
+def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: list[int], roof: dict,
+               threads_variant: str = "threads_1") -> list[dict]:
+    """The limits found, ranked by measured headroom in seconds per output token (largest first), each mapped to
+    one of the plan's three lines with the numbers that motivate it."""
+    small, large = min(batch_sizes), max(batch_sizes)
+    at = table.set_index(["variant", "batch_size"])
+    best_row, reference_row = at.loc[(best, small)], at.loc[(REFERENCE, small)]
+    found = []
+    if not math.isnan(roof["bytes_per_s"]):
+        floor_s = best_row["step_weight_bytes"] / roof["bytes_per_s"]
+        found.append({
+            "limit": "bandwidth", "line": "kernel",
+            "headroom_s_per_token": best_row["step_p50_s"] - floor_s,
+            "numbers": {"batch_size": small, "reference_roof_share": reference_row["roof_share"],
+                        "best_roof_share": best_row["roof_share"], "best_variant": best,
+                        "step_s": best_row["step_p50_s"], "roof_floor_s": floor_s,
+                        "roof_bytes_per_s": roof["bytes_per_s"], "roof_source": roof["source"]},
+            "why": "decode reads every weight once per step: time above bytes / roof is kernel inefficiency"})
+    best_timeline = timelines.get(best, {})
+    if best_timeline.get("decode_steps"):
+        share = best_timeline["host_overhead_share"]
+        found.append({
+            "limit": "host_overhead", "line": "systems",
+            "headroom_s_per_token": share * best_row["step_p50_s"],
+            "numbers": {"best_variant": best, "host_overhead_share": share,
+                        "reference_host_overhead_share": timelines.get(REFERENCE, {}).get("host_overhead_share"),
+                        "operators_per_step": best_timeline["operators_per_step"]},
+            "why": "time in a decode step outside operators (Python, dispatch, launches): compile, graphs, a C++ loop"})
+    if large != small and (best, large) in at.index:
+        per_token_small = 1.0 / best_row["decode_tok_per_s"]
+        per_token_large = 1.0 / at.loc[(best, large)]["decode_tok_per_s"]
+        found.append({
+            "limit": "batching", "line": "serving",
+            "headroom_s_per_token": per_token_small - per_token_large,
+            "numbers": {"best_variant": best, "batch_sizes": [small, large],
+                        "decode_tok_per_s": [best_row["decode_tok_per_s"], at.loc[(best, large)]["decode_tok_per_s"]],
+                        "batch_gain": per_token_small / per_token_large, "ideal_gain": large / small},
+            "why": "a step reads the weights once for the whole batch: continuous batching turns it into throughput"})
+    if (threads_variant, small) in at.index and at.loc[(threads_variant, small)]["available"]:
+        one_thread = at.loc[(threads_variant, small)]
+        found.append({
+            "limit": "thread_scaling", "line": "systems",
+            "headroom_s_per_token": one_thread["step_p50_s"] - reference_row["step_p50_s"],
+            "numbers": {"one_thread_step_s": one_thread["step_p50_s"], "all_threads_step_s": reference_row["step_p50_s"],
+                        "scaling": one_thread["step_p50_s"] / reference_row["step_p50_s"]},
+            "why": "what the extra cores bought per token: placement, pinning and bandwidth per core"})
+    found = [{**item, "line_name": LINES[item["line"]]} for item in found]
+    return sorted(found, key=lambda item: item["headroom_s_per_token"], reverse=True)
+
+
+def directions_summary(table: pd.DataFrame, ranked: list[dict], best: str, batch: int) -> str:
+    """One line for the progress wall: where batch-1 decode stands against the roof and the top direction."""
+    at = table.set_index(["variant", "batch_size"])
+    best_row, reference_row = at.loc[(best, batch)], at.loc[(REFERENCE, batch)]
+    if math.isnan(best_row["roof_share"]):
+        parts = [f"decode b{batch}: best variant {best} {best_row['speedup']:.2f}x the reference "
+                 "(no bandwidth roof: D2's ceilings are missing)"]
+    else:
+        parts = [f"decode b{batch}: reference at {reference_row['roof_share']:.0%} of the bandwidth roof, "
+                 f"best variant {best} {best_row['speedup']:.2f}x at {best_row['roof_share']:.0%}"]
+    if ranked:
+        top = ranked[0]
+        parts.append(f"next: {top['line_name']} ({top['limit']}, "
+                     f"{top['headroom_s_per_token'] * 1000:.1f} ms/token headroom)")
+    return "; ".join(parts)
+
+
+# ---- findings ----------------------------------------------------------------------------------------------------
+def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: dict, timelines: dict,
+             batch_sizes: list[int], cfg: dict) -> dict:
+    small = min(batch_sizes)
+    best = best_variant(table, small)
+    ranked = directions(table, timelines, best, batch_sizes, roof)
+    at = table.set_index(["variant", "batch_size"])
+    timed = timed_rows(measurements)
+    best_b1 = timed[(timed["variant"] == best) & (timed["batch_size"] == small)]
+    reference_b1 = timed[(timed["variant"] == REFERENCE) & (timed["batch_size"] == small)]
+    labelled = measurements.assign(variant=np.where(measurements.get("traced", 0) == 1,
+                                                    measurements["variant"] + "@traced", measurements["variant"]))
+    return {
+        "reference": REFERENCE,
+        "best_variant": best,
+        "batch_sizes": batch_sizes,
+        "best_speedup_b1": float(at.loc[(best, small), "speedup"]),
+        "best_speedup_b1_ci95": [float(at.loc[(best, small), "speedup_ci95_low"]),
+                                 float(at.loc[(best, small), "speedup_ci95_high"])],
+        "best_token_match_ratio_b1": float(at.loc[(best, small), "token_match_ratio"]),
+        "best_roof_share_b1": float(at.loc[(best, small), "roof_share"]),
+        "reference_roof_share_b1": float(at.loc[(REFERENCE, small), "roof_share"]),
+        "roof_bytes_per_s": roof["bytes_per_s"],
+        "roof_source": roof["source"],
+        "roof_note": None if roof["source"] else "no D2 ceilings.json: roof shares are not computed",
+        "targets": {"speedup_b1": cfg.get("target_speedup", 2.5), "roof_share_b1": cfg.get("target_roof_share", 0.7)},
+        "unavailable": meta["notes"].get("unavailable", {}),
+        "energy_note": meta["notes"].get("energy_unavailable_reason"),
+        "memory_method": meta["notes"].get("memory_method"),
+        "cpu_capability": meta["notes"].get("cpu_capability"),
+        "cuda_capability": meta["notes"].get("cuda_capability"),
+        "profiler_overhead_ratio": {name: profiler_overhead_ratio(labelled, f"{name}@traced", name)
+                                    for name in timelines},
+        "timelines": {name: {k: v for k, v in t.items() if k != "op_self_s_per_step"}
+                      for name, t in timelines.items()},
+        "timeline_comparison": {
+            "reference": REFERENCE, "best": best,
+            "moved_operators": moved_operators(timelines.get(REFERENCE, {}), timelines.get(best, {}),
+                                               cfg.get("top_ops", 8))},
+        "directions": ranked,
+        "directions_summary": directions_summary(table, ranked, best, small),
+        "headlines": [
+            headline(f"decode step b{small} (reference)", per_repeat(reference_b1, "decode_step_s"), "s", "lower"),
+            headline(f"decode step b{small} ({best})", per_repeat(best_b1, "decode_step_s"), "s", "lower"),
+            headline(f"output tok/s b{small} ({best})", per_repeat(best_b1, "output_tok_per_s"), "tok/s", "higher")],
+    }
+
+
+def traces_by_variant(meta: dict, traces: list) -> dict:
+    """variant -> trace path, matched by the file names meta.json lists for each variant."""
+    by_name = {Path(path).name: path for path in traces}
+    return {variant: by_name[name] for variant, name in meta["notes"].get("traces", {}).items() if name in by_name}
+
+
+def analyze(settings: dict, measurements_path, meta_path, ceilings_path, traces: list, summary_path,
+            variants_table_path, findings_path) -> None:
+    """Write summary.csv, variants.csv and findings.json from D5's files (and D2's ceilings.json when given).
+    `traces` are the experiment's trace paths (matched to variants through meta.json)."""
+    cfg = settings["d5_variants"]
+    measurements = pd.read_csv(measurements_path)
+    meta = read_json(meta_path)
+    ceilings = read_json(ceilings_path) if ceilings_path and Path(ceilings_path).exists() else None
+    roof = roof_bandwidth(ceilings)
+    batch_sizes = [int(b) for b in cfg["batch_sizes"]]
+    table = variant_table(measurements, meta, roof["bytes_per_s"], batch_sizes, cfg["warmup"])
+    timelines = {name: timeline(path) for name, path in traces_by_variant(meta, traces).items()}
+    timelines = {name: t for name, t in timelines.items() if t.get("decode_steps")}
+    summary = summary_table(timed_rows(measurements), ["variant", "batch_size", "metric"], settings["cv_warn"])
+    with staged(summary_path, variants_table_path, findings_path) as (summary_tmp, table_tmp, findings_tmp):
+        summary.to_csv(summary_tmp, index=False)
+        table.to_csv(table_tmp, index=False)
+        write_json(findings_tmp, findings(measurements, meta, table, roof, timelines, batch_sizes, cfg))
+
+
+# ---- command line (python -m profiling d5_variants_analysis) -----------------------------------------------------
+def add_arguments(parser) -> None:
+    from ...config import settings_arg
+
+    parser.add_argument("--settings", type=settings_arg, required=True)
+    parser.add_argument("--measurements", required=True)
+    parser.add_argument("--meta", required=True)
+    parser.add_argument("--ceilings", default=None, help="D2's ceilings.json (the bandwidth roof); optional")
+    parser.add_argument("--traces", nargs="+", required=True, help="the experiment's traces (one per variant)")
+    parser.add_argument("--summary", required=True)
+    parser.add_argument("--variants-table", required=True)
+    parser.add_argument("--findings", required=True)
+
+
+def cli(args) -> None:
+    analyze(args.settings, args.measurements, args.meta, args.ceilings, args.traces, args.summary,
+            args.variants_table, args.findings)

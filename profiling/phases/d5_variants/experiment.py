@@ -1,0 +1,238 @@
+"""D5 variants: which lever moves decode, and by how much? The measurements the variant table is built from.
+
+Workload: the D1 request (a chat prompt, fixed output length, greedy) at each of `batch_sizes` (a batch of B
+copies of the request, so there is no padding).
+
+1. Build: each configured variant (variants.py) is built from the model files; a variant that cannot run here
+   (CUDA-only on a CPU, or a build that fails) gets one `unavailable` row and its reason in meta.json, never a
+   crash. Building (load + quantise) is `build_s`; the peak memory of build + warm-up is `peak_memory_bytes`.
+2. Warm-up per batch size: `warmup` untimed generations (torch.compile compiles here): `warmup_s`.
+3. Timed rounds per batch size: `repeats` rounds; each round runs every variant once, the reference included, in an
+   order rotated by one each round, so slow drift of a shared machine falls on all variants alike. Every timed
+   generation is recorded by metrics.record_generation; `energy_j` is added where a counter is readable.
+4. Agreement with the reference, per batch size: greedy-token match rate over the request (`token_match_ratio`)
+   and the max absolute difference of the first step's logits (`first_logit_max_abs_diff`).
+5. Bytes: `step_weight_bytes` (weights one decode step reads, in the variant's own storage) and, per batch size,
+   `step_kv_bytes` (key/value bytes a decode step reads, averaged over the request's steps).
+6. Traces: one short traced run per variant (batch 1, prefill + `trace_decode_steps` steps) exported as a gzip
+   Chrome trace; its rows carry traced = 1 so the profiler's overhead can be shown.
+
+Rows of timed runs carry traced = 0. Times are seconds, memory and bytes are bytes, energy joules.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from ...engine import encode_prompts
+from ...io import staged
+from ...measure import Run, render_prompt
+from ...metrics import RUN_ROW, Measurements, record_generation
+from ...model import load_tokenizer
+from ...timing import StageClock, sync, timing_method
+from ...tracing import export_gzip_trace, profiled, write_empty_trace
+from . import variants as V
+from .counters import EnergyMeter, PeakMemory
+
+EXPERIMENT = "d5_variants"
+
+
+def rotated(names: list[str], shift: int) -> list[str]:
+    """`names` rotated left by `shift` (the interleaving order of one timed round)."""
+    shift %= len(names)
+    return names[shift:] + names[:shift]
+
+
+def batch_inputs(tokenizer, text: str, batch: int, device: str):
+    """(input_ids, attention_mask) of `batch` copies of the request."""
+    return encode_prompts(tokenizer, [text] * batch, device)
+
+
+def kv_bytes_per_step(config, spec: V.Spec, batch: int, prompt_tokens: int, max_new_tokens: int) -> float:
+    """Key/value bytes one decode step reads, averaged over the request's steps: all layers' keys and values of
+    the context attended to (the whole cache length with a static cache, the tokens so far with a dynamic one)."""
+    layers = config.num_hidden_layers
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if spec.cache == "static":
+        context = prompt_tokens + max_new_tokens
+    else:
+        context = prompt_tokens + max_new_tokens / 2  # steps 1..n-1 attend to prompt + step tokens
+    return 2 * layers * heads * head_dim * context * batch * V.kv_bytes_per_element(spec)
+
+
+# ---- build and warm up -------------------------------------------------------------------------------------------
+def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: dict, rows: Measurements):
+    """Build variant `name` and run its warm-up generations at every batch size, inside one PeakMemory window.
+
+    Returns (Built or None, reason or None, memory method). Rows: build_s, warmup_s per batch size,
+    peak_memory_bytes, step_weight_bytes."""
+    spec = V.spec_of(name)
+    reason = V.unavailable_reason(spec, device)
+    if reason is not None:
+        return None, reason, None
+    try:
+        with PeakMemory(device) as peak:
+            built = V.build(name, settings["model"], device)
+            warm_s = {}
+            for batch, (input_ids, attention_mask) in inputs.items():
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(cfg["warmup"]):
+                    built.generate(input_ids, attention_mask, cfg["max_new_tokens"], StageClock(device))
+                sync(device)
+                warm_s[batch] = time.perf_counter() - start
+    except Exception as error:  # noqa: BLE001 - any failure to build or run a variant is a row, not a crash
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        tqdm.write(f"d5 {name}: unavailable ({type(error).__name__}: {first_line})")
+        return None, f"build or first run failed: {type(error).__name__}: {first_line}", None
+    rows.add(name, 0, "build_s", built.build_s, request_id=RUN_ROW)
+    rows.add(name, 0, "peak_memory_bytes", peak.delta_bytes, request_id=RUN_ROW)
+    rows.add(name, 0, "step_weight_bytes", built.weight_bytes, request_id=RUN_ROW)
+    for batch, seconds in warm_s.items():
+        rows.add(name, 0, "warmup_s", seconds, request_id=RUN_ROW, batch_size=batch)
+    return built, None, peak.method
+
+
+# ---- timed rounds ----------------------------------------------------------------------------------------------
+def timed_rounds(built: dict, batch: int, input_ids, attention_mask, cfg: dict, device: str, rows: Measurements,
+                 energy: EnergyMeter, knobs: dict) -> dict:
+    """`repeats` rounds of one generation per variant in rotated order; returns name -> tokens of its first
+    timed generation (batch, max_new_tokens)."""
+    names = list(built)
+    first_tokens = {}
+    for repeat in tqdm(range(cfg["repeats"]), desc=f"d5 batch {batch}", unit="round", leave=False):
+        for name in rotated(names, repeat):
+            clock = StageClock(device)
+            before = energy.read_j()
+            tokens = built[name].generate(input_ids, attention_mask, cfg["max_new_tokens"], clock)
+            joules = energy.joules_between(before, energy.read_j())
+            record_generation(rows, name, repeat, clock, int(tokens.shape[1]), request_ids=tuple(range(batch)),
+                              **knobs, threads=torch.get_num_threads() if not built[name].spec.threads
+                              else built[name].spec.threads)
+            if joules is not None:
+                rows.add(name, repeat, "energy_j", joules, request_id=RUN_ROW, **knobs)
+            first_tokens.setdefault(name, tokens)
+    return first_tokens
+
+
+def record_agreement(built: dict, first_tokens: dict, input_ids, attention_mask, rows: Measurements,
+                     knobs: dict) -> None:
+    """token_match_ratio (share of generated tokens equal to the reference's, same positions) and
+    first_logit_max_abs_diff (max |logit - reference logit| over the prefill's last position) per variant."""
+    reference_tokens = first_tokens[V.REFERENCE]
+    reference_logits = built[V.REFERENCE].first_logits(input_ids, attention_mask)
+    for name, variant in built.items():
+        match = (first_tokens[name] == reference_tokens).float().mean().item()
+        logits = variant.first_logits(input_ids, attention_mask)
+        diff = (logits - reference_logits).abs().max().item()
+        rows.add(name, 0, "token_match_ratio", match, request_id=RUN_ROW, **knobs)
+        rows.add(name, 0, "first_logit_max_abs_diff", diff, request_id=RUN_ROW, **knobs)
+
+
+def traced_run(variant: V.Built, tokenizer, text: str, cfg: dict, device: str, trace_path, rows: Measurements,
+               knobs: dict) -> None:
+    """A short traced generation at batch 1 (prefill + trace_decode_steps steps) -> gzip Chrome trace."""
+    input_ids, attention_mask = batch_inputs(tokenizer, text, 1, device)
+    new_tokens = cfg["trace_decode_steps"] + 1
+    clock = StageClock(device)
+    with profiled(device) as prof:
+        # The cache is as long as in the timed runs, so a compiled step is not recompiled under the profiler.
+        tokens = variant.generate(input_ids, attention_mask, new_tokens, clock, cache_new_tokens=cfg["max_new_tokens"])
+    export_gzip_trace(prof, trace_path)
+    record_generation(rows, variant.name, 0, clock, int(tokens.shape[1]), **knobs)
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None:
+    """Run D5; write measurements.csv, meta.json and one gzip trace per configured variant (in config order),
+    all or nothing."""
+    cfg = settings["d5_variants"]
+    names = list(cfg["variants"])
+    if V.REFERENCE not in names:
+        names.insert(0, V.REFERENCE)
+    if len(trace_paths) != len(cfg["variants"]):
+        raise ValueError(f"{len(trace_paths)} trace paths for {len(cfg['variants'])} variants")
+    trace_of = dict(zip(cfg["variants"], trace_paths))
+    run_info = Run(EXPERIMENT, settings)
+    device = run_info.precision.device
+    rows = Measurements(EXPERIMENT)
+    torch.manual_seed(settings["seed"])
+
+    tokenizer = load_tokenizer(settings["model"])
+    text = render_prompt(tokenizer, cfg["prompt"], cfg["chat_template"])
+    inputs = {batch: batch_inputs(tokenizer, text, batch, device) for batch in cfg["batch_sizes"]}
+    prompt_tokens = int(inputs[cfg["batch_sizes"][0]][0].shape[1])
+    energy = EnergyMeter(device)
+
+    built, unavailable, memory_method = {}, {}, None
+    for name in tqdm(names, desc="d5 build + warm-up", unit="variant"):
+        variant, reason, method = build_and_warm(name, settings, device, inputs, cfg, rows)
+        if variant is None:
+            unavailable[name] = reason
+            rows.add(name, 0, "unavailable", 1, request_id=RUN_ROW)
+            continue
+        built[name] = variant
+        memory_method = memory_method or method
+    if V.REFERENCE not in built:
+        raise RuntimeError(f"the reference could not be built: {unavailable.get(V.REFERENCE)}")
+
+    outputs = {}
+    for batch, (input_ids, attention_mask) in inputs.items():
+        knobs = {"batch_size": batch, "prompt_tokens": prompt_tokens, "max_new_tokens": cfg["max_new_tokens"],
+                 "traced": 0}
+        first_tokens = timed_rounds(built, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs)
+        record_agreement(built, first_tokens, input_ids, attention_mask, rows, {"batch_size": batch})
+        for name, variant in built.items():
+            kv = kv_bytes_per_step(variant.model.config, variant.spec, batch, prompt_tokens, cfg["max_new_tokens"])
+            rows.add(name, 0, "step_kv_bytes", kv, request_id=RUN_ROW, batch_size=batch)
+        if batch == cfg["batch_sizes"][0]:
+            outputs = {name: tokenizer.decode(tokens[0], skip_special_tokens=True)
+                       for name, tokens in first_tokens.items()}
+
+    with staged(measurements_path, meta_path, *trace_paths) as (measurements_tmp, meta_tmp, *trace_tmps):
+        trace_tmp_of = dict(zip(cfg["variants"], trace_tmps))
+        for name in tqdm(cfg["variants"], desc="d5 traces", unit="variant"):
+            if name not in built:
+                write_empty_trace(trace_tmp_of[name], f"variant {name} unavailable: {unavailable[name]}")
+                continue
+            knobs = {"batch_size": 1, "prompt_tokens": prompt_tokens,
+                     "max_new_tokens": cfg["trace_decode_steps"] + 1, "traced": 1}
+            traced_run(built[name], tokenizer, text, cfg, device, trace_tmp_of[name], rows, knobs)
+        rows.write(measurements_tmp)
+        run_info.write_meta(meta_tmp, {
+            "timing_method": timing_method(device),
+            "reference": V.REFERENCE,
+            "variants": {name: variant.describe() for name, variant in built.items()},
+            "unavailable": unavailable,
+            "traces": {name: str(trace_of[name]).rsplit("/", 1)[-1] for name in cfg["variants"]},
+            "prompt": cfg["prompt"],
+            "prompt_text": text,
+            "prompt_tokens": prompt_tokens,
+            "batch_inputs": "B copies of the request (no padding)",
+            "interleaving": "each timed round runs every variant once, order rotated by one per round",
+            "outputs_batch1": outputs,
+            "memory_method": memory_method,
+            "energy_method": energy.method,
+            "energy_unavailable_reason": energy.reason,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda_capability": list(torch.cuda.get_device_capability()) if device.startswith("cuda") else None,
+            "bytes_note": "step_weight_bytes: weights read per decode step in the variant's own storage (int8 = "
+                          "1 byte + scales; embedding rows not counted, a tied lm_head counted once)",
+        })
+
+
+# ---- command line (python -m profiling d5_variants) --------------------------------------------------------------
+def add_arguments(parser) -> None:
+    from ...config import settings_arg
+
+    parser.add_argument("--settings", type=settings_arg, required=True)
+    parser.add_argument("--measurements", required=True)
+    parser.add_argument("--meta", required=True)
+    parser.add_argument("--traces", nargs="+", required=True, help="one trace path per variant, in config order")
+
+
+def cli(args) -> None:
+    run(args.settings, args.measurements, args.meta, args.traces)

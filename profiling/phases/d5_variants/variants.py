@@ -1,0 +1,337 @@
+"""How each D5 variant is built from the reference, and how it generates.
+
+The reference is the model in float32 with eager attention, run by the shared engine with a DynamicCache at all
+physical cores. A variant changes one or more levers (a `Spec`):
+
+    attn      eager | sdpa                          attention kernel (transformers' attn_implementation)
+    dtype     float32 | bfloat16 | float16          weights and activations (float16: CUDA only)
+    quant     none | int8_dynamic | int8_weight_only
+              int8_dynamic      torch.ao dynamic quantisation of every nn.Linear (int8 weights, one scale per
+                                tensor; activations quantised per call); CPU only
+              int8_weight_only  int8 weights with one scale per output channel, activations kept in `dtype`
+                                (aten._weight_int8pack_mm, the kernel gpt-fast's int8 mode uses)
+    cache     dynamic | static                      static: transformers' StaticCache, length prompt + new tokens
+    compile   none | default | reduce-overhead      torch.compile (Inductor); with a static cache only the decode
+                                                    step is compiled (fixed shapes); reduce-overhead = CUDA graphs
+    threads   0 (all of the run's threads) or a count
+
+A variant that cannot run here (CUDA-only on a CPU, a build or first forward that fails) is not built: the caller
+gets the reason and records it as a row.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ...engine import generate
+from ...model import model_source
+from ...timing import StageClock, sync
+
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The levers of one variant (see the module docstring)."""
+
+    attn: str = "eager"
+    dtype: str = "float32"
+    quant: str = "none"
+    cache: str = "dynamic"
+    compile: str = "none"
+    threads: int = 0  # 0: all of the run's threads
+    cuda_only: bool = False
+
+
+# Every variant the config may name. Singles move one lever; combinations aim at the best result.
+# int8 weight-only runs with bfloat16 activations, as gpt-fast's int8 mode does: the kernel's fast path.
+CATALOG: dict[str, Spec] = {
+    REFERENCE: Spec(),
+    "sdpa": Spec(attn="sdpa"),
+    "bfloat16": Spec(dtype="bfloat16"),
+    "float16": Spec(dtype="float16", cuda_only=True),
+    "int8_dynamic": Spec(quant="int8_dynamic"),
+    "int8wo": Spec(quant="int8_weight_only"),
+    "int8wo_bf16": Spec(dtype="bfloat16", quant="int8_weight_only"),
+    "int8wo_bf16_sdpa": Spec(attn="sdpa", dtype="bfloat16", quant="int8_weight_only"),
+    "static": Spec(cache="static"),
+    "compile": Spec(compile="default"),
+    "static_compile": Spec(cache="static", compile="default"),
+    "threads_1": Spec(threads=1),
+    "bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", cache="static", compile="default"),
+    "int8wo_bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", quant="int8_weight_only",
+                                            cache="static", compile="default"),
+    "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
+    "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
+                                  cuda_only=True),
+}
+
+
+def spec_of(name: str) -> Spec:
+    """The Spec of a catalogued variant; ValueError naming the choices otherwise."""
+    if name not in CATALOG:
+        raise ValueError(f"unknown D5 variant {name!r}; choices: {', '.join(CATALOG)}")
+    return CATALOG[name]
+
+
+def unavailable_reason(spec: Spec, device: str) -> str | None:
+    """Why `spec` cannot run on `device` before trying (None when it may)."""
+    on_cuda = device.startswith("cuda")
+    if spec.cuda_only and not on_cuda:
+        return f"needs a CUDA GPU (this run is on {device})"
+    if spec.dtype == "float16" and not on_cuda:
+        return "float16 is measured on CUDA only (CPU float16 matmuls are slow emulation)"
+    if spec.quant == "int8_dynamic" and on_cuda:
+        return "torch.ao dynamic quantisation has CPU kernels only"
+    return None
+
+
+# ---- int8 weight-only linear layers ----------------------------------------------------------------------------
+class Int8WeightOnlyLinear(torch.nn.Module):
+    """A Linear with int8 weights (N, K) and one float scale per output channel: y = (x @ w^T) * scale + bias.
+
+    The activations stay in their dtype; the kernel reads 1 byte per weight (aten._weight_int8pack_mm)."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-128, 127).to(torch.int8))
+        self.register_buffer("scales", scales.to(dtype))
+        bias = linear.bias.detach().to(dtype) if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).contiguous()
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def _replace_linears(module: torch.nn.Module, make) -> int:
+    """Replace every nn.Linear under `module` by `make(linear)`; returns how many were replaced."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.Linear):
+            setattr(module, name, make(child))
+            count += 1
+        else:
+            count += _replace_linears(child, make)
+    return count
+
+
+def quantize_int8_weight_only(model, dtype: torch.dtype) -> int:
+    """Swap every nn.Linear (lm_head included) for an Int8WeightOnlyLinear; returns the count."""
+    return _replace_linears(model, lambda linear: Int8WeightOnlyLinear(linear, dtype).to(linear.weight.device))
+
+
+def quantize_int8_dynamic(model):
+    """torch.ao dynamic quantisation (qint8 weights) of every nn.Linear; returns the quantised model."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+# ---- bytes read per decode step ----------------------------------------------------------------------------------
+def _dynamic_quantized_linear_bytes(module) -> int | None:
+    """Bytes of a torch.ao dynamic quantised Linear's weight (1 per element + scales) and bias; None otherwise."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    if not isinstance(module, DynamicQuantizedLinear):
+        return None
+    weight, bias = module._weight_bias()
+    scales = weight.q_per_channel_scales().numel() if weight.qscheme() in (
+        torch.per_channel_affine, torch.per_channel_symmetric) else 1
+    return weight.numel() + scales * 4 + (bias.numel() * bias.element_size() if bias is not None else 0)
+
+
+def step_weight_bytes(model) -> int:
+    """Bytes of weights one decode step reads, in the variant's own storage (int8 = 1 byte + scales).
+
+    Every leaf module's parameters and buffers count once (shared tensors once), except embedding tables: a step
+    reads one row per sequence, counted as 0 (a tied lm_head still reads the whole matrix and counts it)."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            continue
+        quantized = _dynamic_quantized_linear_bytes(module)
+        if quantized is not None:
+            total += quantized
+            continue
+        for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if tensor is None or tensor.data_ptr() in seen:
+                continue
+            if not (tensor.is_floating_point() or tensor.dtype == torch.int8):
+                continue
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def kv_bytes_per_element(spec: Spec) -> int:
+    """Bytes of one cached key or value element: the activations' dtype."""
+    return torch.empty((), dtype=getattr(torch, spec.dtype)).element_size()
+
+
+# ---- the static-cache generation loop ----------------------------------------------------------------------------
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counting only real tokens (padding gets 0), as the engine and model.generate do."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+class StaticDecoder:
+    """Greedy generation over a StaticCache of length prompt + new tokens (tight), gpt-fast style.
+
+    The prefill runs eagerly; every decode step is one call of `self.step` with fixed shapes (batch, 1 token,
+    a (batch, cache length) mask), compiled with `compile_mode` unless it is "none". One cache per (batch, length)
+    is kept and reset between generations, so the compiled step is reused."""
+
+    def __init__(self, model, compile_mode: str):
+        self.model = model
+        self.caches: dict[tuple[int, int], object] = {}
+        self.step = self._step if compile_mode == "none" else torch.compile(
+            self._step, mode=None if compile_mode == "default" else compile_mode, fullgraph=True, dynamic=False)
+
+    def _step(self, token_ids, position_ids, attention_mask, cache):
+        """One decode forward; last-position logits (batch, vocab)."""
+        out = self.model(input_ids=token_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    def cache_for(self, batch: int, length: int):
+        """The (reset) StaticCache for this batch and length."""
+        from transformers import StaticCache
+
+        key = (batch, length)
+        if key not in self.caches:
+            self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
+        else:
+            self.caches[key].reset()
+        return self.caches[key]
+
+    @torch.inference_mode()
+    def generate(self, input_ids, attention_mask, max_new_tokens: int, clock: StageClock,
+                 keep_first_logits: bool = False, cache_new_tokens: int = 0):
+        """Greedy tokens (batch, max_new_tokens) on the host, timed as the engine's spans (prefill,
+        decode_step[i]); with keep_first_logits also the prefill's last-position logits (float32).
+        The cache holds prompt + max(max_new_tokens, cache_new_tokens) tokens."""
+        batch, prompt_len = input_ids.shape
+        room = max(max_new_tokens, cache_new_tokens)
+        cache = self.cache_for(batch, prompt_len + room)
+        mask = torch.cat([attention_mask, attention_mask.new_ones(batch, room)], dim=-1)
+        positions = _positions(attention_mask)
+        tokens, first_logits = [], None
+        with clock.span("prefill"):
+            out = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask, cache=cache,
+                             use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1, :]
+            next_ids = logits.float().argmax(dim=-1)
+            tokens.append(next_ids.cpu())
+        if keep_first_logits:
+            first_logits = logits.float().cpu()
+        last = positions[:, -1:]
+        for step in range(1, max_new_tokens):
+            with clock.span(f"decode_step[{step}]"):
+                logits = self.step(next_ids[:, None], last + step, mask, cache)
+                next_ids = logits.float().argmax(dim=-1)
+                tokens.append(next_ids.cpu())
+        return torch.stack(tokens, dim=1), first_logits
+
+
+# ---- a built variant ---------------------------------------------------------------------------------------------
+@dataclass
+class Built:
+    """A variant ready to run: its model, how it generates, and what building it cost (seconds)."""
+
+    name: str
+    spec: Spec
+    model: object
+    device: str
+    build_s: float
+    weight_bytes: int  # bytes read per decode step (step_weight_bytes)
+    decoder: StaticDecoder | None = None
+
+    def generate(self, input_ids, attention_mask, max_new_tokens: int, clock: StageClock,
+                 cache_new_tokens: int = 0) -> torch.Tensor:
+        """Greedy tokens (batch, max_new_tokens) on the host; spans prefill and decode_step[i] on `clock`.
+        `cache_new_tokens`: a static cache keeps room for this many new tokens (the timed runs' length)."""
+        with thread_count(self.spec.threads):
+            if self.decoder is not None:
+                return self.decoder.generate(input_ids, attention_mask, max_new_tokens, clock,
+                                             cache_new_tokens=cache_new_tokens)[0]
+            return generate(self.model, input_ids, attention_mask, max_new_tokens, clock=clock).tokens
+
+    def first_logits(self, input_ids, attention_mask) -> torch.Tensor:
+        """Last-position logits (float32, host) of the prefill, by the variant's own path (untimed)."""
+        with thread_count(self.spec.threads):
+            if self.decoder is not None:
+                return self.decoder.generate(input_ids, attention_mask, 1, StageClock(self.device),
+                                             keep_first_logits=True)[1]
+            with torch.inference_mode():  # the engine's prefill call, so a compiled forward is reused
+                out = self.model(input_ids=input_ids, position_ids=_positions(attention_mask),
+                                 attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, :].float().cpu()
+
+    def describe(self) -> dict:
+        return {"name": self.name, **asdict(self.spec), "build_s": self.build_s, "weight_bytes": self.weight_bytes}
+
+
+class thread_count:
+    """`with thread_count(n):` runs the block with n torch threads (0: leave as is), restoring them after."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.saved = torch.get_num_threads()
+
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        if self.threads:
+            torch.set_num_threads(self.saved)
+
+
+def load_variant_model(model_name: str, spec: Spec, device: str):
+    """The model in the spec's dtype and attention implementation, on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_source(model_name), dtype=getattr(torch, spec.dtype),
+                                                 attn_implementation=spec.attn)
+    return model.to(device).eval()
+
+
+def build(name: str, model_name: str, device: str) -> Built:
+    """Load and transform the model for variant `name`; `build_s` covers loading, quantisation and wrapping
+    (compilation happens at the first call and is timed by the caller's warm-up)."""
+    spec = spec_of(name)
+    sync(device)
+    start = time.perf_counter()
+    model = load_variant_model(model_name, spec, device)
+    if spec.quant == "int8_weight_only":
+        quantize_int8_weight_only(model, getattr(torch, spec.dtype))
+    elif spec.quant == "int8_dynamic":
+        model = quantize_int8_dynamic(model)
+    decoder = None
+    if spec.compile != "none":
+        import torch._inductor.config as inductor_config
+
+        # Inductor's generated kernels then appear in a trace as operators (a cheap check when not profiling)
+        inductor_config.cpp.enable_kernel_profile = True
+    if spec.cache == "static":
+        decoder = StaticDecoder(model, spec.compile)
+    elif spec.compile != "none":
+        # dynamic=True: one graph for every sequence length, instead of a recompilation per decode step
+        model.forward = torch.compile(model.forward, mode=None if spec.compile == "default" else spec.compile,
+                                      dynamic=True)
+    sync(device)
+    return Built(name, spec, model, device, time.perf_counter() - start, step_weight_bytes(model), decoder)
