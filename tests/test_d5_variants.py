@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from profiling.report.templating import answer, environment
 from profiling.config import check_config, run_config
 from profiling.metrics import CONTRACT_COLUMNS, Measurements
 from profiling.model import provision
@@ -159,7 +160,7 @@ def test_analysis_computes_speedups_and_roof_shares_from_hand_made_rows(tmp_path
     assert findings["best_variant"] == "fast"
     assert findings["best_speedup_b1"] == pytest.approx(2.5)
     assert findings["roof_source"] == "memory_read"
-    assert findings["directions_summary"]
+    assert answer(environment(), "d5_variants", findings, "directions")
     assert [d["line"] for d in findings["directions"]]
     assert all(d["line"] in ("kernel", "serving", "systems") for d in findings["directions"])
     headrooms = [d["headroom_s_per_token"] for d in findings["directions"]]
@@ -174,4 +175,4 @@ def test_analysis_without_ceilings_says_so(tmp_path):
     outputs = [tmp_path / name for name in ("summary.csv", "variants.csv", "findings.json")]
     d5_analysis.analyze(settings, tmp_path / "measurements.csv", tmp_path / "meta.json", None, [], *outputs)
     findings = json.loads(outputs[2].read_text())
-    assert findings["roof_note"] and findings["directions_summary"]
+    assert findings["roof_note"] and answer(environment(), "d5_variants", findings, "directions")

@@ -22,6 +22,7 @@ PHASES = [
     "d3_batching",
     "d3_kvcache",
     "d4_serving",
+    "d5_variants",
 ]
 
 

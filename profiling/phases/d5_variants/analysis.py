@@ -5,7 +5,7 @@ runs the model. Writes:
 
     summary.csv     statistics of every timed metric per variant and batch size (stats.summary_table)
     variants.csv    the variant table: one row per variant and batch size (see `variant_table`)
-    findings.json   key numbers, the timelines, the ranked directions and `directions_summary`
+    findings.json   key numbers, the timelines and the ranked directions (the report words them)
 
 Definitions (seconds, bytes, bytes/s, joules):
     step_p50_s             median decode step over every timed step of every repeat (ci95: bootstrap of the median)
@@ -32,12 +32,12 @@ from ...io import read_json, staged, write_json
 from ...metrics import headline, per_repeat, profiler_overhead_ratio
 from ...stats import bootstrap_ratio_ci, summarize, summary_table
 from ...trace_ops import operator_table, stage_spans  # the one import of the trace helpers
+from . import NAME as PHASE
 from .variants import REFERENCE
 
 ENGINE_STAGE = r"^(tokenize|prefill|decode_step\[\d+\]|detokenize)$"  # the engine's span labels
 STEP_INDEX = re.compile(r"\[\d+\]$")
 NOT_BANDWIDTHS = {"matmul"}  # ceilings whose bytes/s is a side effect of a compute-bound operation
-LINES = {"kernel": "kernel engineering", "serving": "serving engineering", "systems": "systems engineering"}
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
@@ -135,9 +135,12 @@ def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_siz
     return pd.DataFrame(table)
 
 
+VLLM = "vllm_offline"  # the reference engine's rows (vLLM's LLM.generate), beside the variants, not one of them
+
+
 def variant_order(measurements: pd.DataFrame) -> list[str]:
-    """Variants in the order the experiment ran them (the reference first)."""
-    names = list(dict.fromkeys(measurements["variant"]))
+    """Variants in the order the experiment ran them (the reference first; vLLM's rows are not a variant)."""
+    names = [name for name in dict.fromkeys(measurements["variant"]) if name != VLLM]
     return [REFERENCE] + [name for name in names if name != REFERENCE]
 
 
@@ -213,8 +216,7 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
             "numbers": {"batch_size": small, "reference_roof_share": reference_row["roof_share"],
                         "best_roof_share": best_row["roof_share"], "best_variant": best,
                         "step_s": best_row["step_p50_s"], "roof_floor_s": floor_s,
-                        "roof_bytes_per_s": roof["bytes_per_s"], "roof_source": roof["source"]},
-            "why": "decode reads every weight once per step: time above bytes / roof is kernel inefficiency"})
+                        "roof_bytes_per_s": roof["bytes_per_s"], "roof_source": roof["source"]}})
     best_timeline = timelines.get(best, {})
     if best_timeline.get("decode_steps"):
         share = best_timeline["host_overhead_share"]
@@ -223,8 +225,7 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
             "headroom_s_per_token": share * best_row["step_p50_s"],
             "numbers": {"best_variant": best, "host_overhead_share": share,
                         "reference_host_overhead_share": timelines.get(REFERENCE, {}).get("host_overhead_share"),
-                        "operators_per_step": best_timeline["operators_per_step"]},
-            "why": "time in a decode step outside operators (Python, dispatch, launches): compile, graphs, a C++ loop"})
+                        "operators_per_step": best_timeline["operators_per_step"]}})
     if large != small and (best, large) in at.index:
         per_token_small = 1.0 / best_row["decode_tok_per_s"]
         per_token_large = 1.0 / at.loc[(best, large)]["decode_tok_per_s"]
@@ -233,38 +234,31 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
             "headroom_s_per_token": per_token_small - per_token_large,
             "numbers": {"best_variant": best, "batch_sizes": [small, large],
                         "decode_tok_per_s": [best_row["decode_tok_per_s"], at.loc[(best, large)]["decode_tok_per_s"]],
-                        "batch_gain": per_token_small / per_token_large, "ideal_gain": large / small},
-            "why": "a step reads the weights once for the whole batch: continuous batching turns it into throughput"})
+                        "batch_gain": per_token_small / per_token_large, "ideal_gain": large / small}})
     if (threads_variant, small) in at.index and at.loc[(threads_variant, small)]["available"]:
         one_thread = at.loc[(threads_variant, small)]
         found.append({
             "limit": "thread_scaling", "line": "systems",
             "headroom_s_per_token": one_thread["step_p50_s"] - reference_row["step_p50_s"],
             "numbers": {"one_thread_step_s": one_thread["step_p50_s"], "all_threads_step_s": reference_row["step_p50_s"],
-                        "scaling": one_thread["step_p50_s"] / reference_row["step_p50_s"]},
-            "why": "what the extra cores bought per token: placement, pinning and bandwidth per core"})
-    found = [{**item, "line_name": LINES[item["line"]]} for item in found]
+                        "scaling": one_thread["step_p50_s"] / reference_row["step_p50_s"]}})
     return sorted(found, key=lambda item: item["headroom_s_per_token"], reverse=True)
 
 
-def directions_summary(table: pd.DataFrame, ranked: list[dict], best: str, batch: int) -> str:
-    """One line for the progress wall: where batch-1 decode stands against the roof and the top direction."""
-    at = table.set_index(["variant", "batch_size"])
-    best_row, reference_row = at.loc[(best, batch)], at.loc[(REFERENCE, batch)]
-    if math.isnan(best_row["roof_share"]):
-        parts = [f"decode b{batch}: best variant {best} {best_row['speedup']:.2f}x the reference "
-                 "(no bandwidth roof: D2's ceilings are missing)"]
-    else:
-        parts = [f"decode b{batch}: reference at {reference_row['roof_share']:.0%} of the bandwidth roof, "
-                 f"best variant {best} {best_row['speedup']:.2f}x at {best_row['roof_share']:.0%}"]
-    if ranked:
-        top = ranked[0]
-        parts.append(f"next: {top['line_name']} ({top['limit']}, "
-                     f"{top['headroom_s_per_token'] * 1000:.1f} ms/token headroom)")
-    return "; ".join(parts)
-
-
 # ---- findings ----------------------------------------------------------------------------------------------------
+def against_vllm(measurements: pd.DataFrame, table: pd.DataFrame, best: str) -> list[dict]:
+    """Per batch size: vLLM's offline output tok/s and the best variant's (median), and their ratio."""
+    vllm = measurements[(measurements["variant"] == VLLM) & (measurements["metric"] == "output_tok_per_s")]
+    rows = []
+    for entry in vllm.itertuples():
+        batch = int(entry.batch_size)
+        ours = table[(table["variant"] == best) & (table["batch_size"] == batch)]
+        tok_per_s = float(ours["output_tok_per_s"].iloc[0]) if len(ours) else float("nan")
+        rows.append({"batch_size": batch, "vllm_tok_per_s": float(entry.value), "best_tok_per_s": tok_per_s,
+                     "ratio": tok_per_s / float(entry.value)})
+    return rows
+
+
 def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: dict, timelines: dict,
              batch_sizes: list[int], cfg: dict) -> dict:
     small = min(batch_sizes)
@@ -304,7 +298,8 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
             "moved_operators": moved_operators(timelines.get(REFERENCE, {}), timelines.get(best, {}),
                                                cfg.get("top_ops", 8))},
         "directions": ranked,
-        "directions_summary": directions_summary(table, ranked, best, small),
+        "vllm_offline": {**meta["notes"].get("vllm_offline", {"measured": False}),
+                         "against_best": against_vllm(measurements, table, best)},
         "headlines": [
             headline(f"decode step b{small} (reference)", per_repeat(reference_b1, "decode_step_s"), "s", "lower"),
             headline(f"decode step b{small} ({best})", per_repeat(best_b1, "decode_step_s"), "s", "lower"),
@@ -322,7 +317,7 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, traces:
             variants_table_path, findings_path) -> None:
     """Write summary.csv, variants.csv and findings.json from D5's files (and D2's ceilings.json when given).
     `traces` are the experiment's trace paths (matched to variants through meta.json)."""
-    cfg = settings["d5_variants"]
+    cfg = settings[PHASE]
     measurements = pd.read_csv(measurements_path)
     meta = read_json(meta_path)
     ceilings = read_json(ceilings_path) if ceilings_path and Path(ceilings_path).exists() else None

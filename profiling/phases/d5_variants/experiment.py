@@ -21,7 +21,9 @@ Rows of timed runs carry traced = 0. Times are seconds, memory and bytes are byt
 """
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -36,7 +38,7 @@ from ...tracing import export_gzip_trace, profiled, write_empty_trace
 from . import variants as V
 from .counters import EnergyMeter, PeakMemory
 
-EXPERIMENT = "d5_variants"
+from . import NAME as PHASE
 
 
 def rotated(names: list[str], shift: int) -> list[str]:
@@ -149,16 +151,16 @@ def traced_run(variant: V.Built, tokenizer, text: str, cfg: dict, device: str, t
 def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None:
     """Run D5; write measurements.csv, meta.json and one gzip trace per configured variant (in config order),
     all or nothing."""
-    cfg = settings["d5_variants"]
+    cfg = settings[PHASE]
     names = list(cfg["variants"])
     if V.REFERENCE not in names:
         names.insert(0, V.REFERENCE)
     if len(trace_paths) != len(cfg["variants"]):
         raise ValueError(f"{len(trace_paths)} trace paths for {len(cfg['variants'])} variants")
     trace_of = dict(zip(cfg["variants"], trace_paths))
-    run_info = Run(EXPERIMENT, settings)
+    run_info = Run(PHASE, settings)
     device = run_info.precision.device
-    rows = Measurements(EXPERIMENT)
+    rows = Measurements(PHASE)
     torch.manual_seed(settings["seed"])
 
     tokenizer = load_tokenizer(settings["model"])
@@ -192,6 +194,8 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
             outputs = {name: tokenizer.decode(tokens[0], skip_special_tokens=True)
                        for name, tokens in first_tokens.items()}
 
+    vllm = vllm_offline(settings, cfg, tokenizer, text, rows)
+
     with staged(measurements_path, meta_path, *trace_paths) as (measurements_tmp, meta_tmp, *trace_tmps):
         trace_tmp_of = dict(zip(cfg["variants"], trace_tmps))
         for name in tqdm(cfg["variants"], desc="d5 traces", unit="variant"):
@@ -217,11 +221,38 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
             "memory_method": memory_method,
             "energy_method": energy.method,
             "energy_unavailable_reason": energy.reason,
+            "vllm_offline": vllm,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cuda_capability": list(torch.cuda.get_device_capability()) if device.startswith("cuda") else None,
             "bytes_note": "step_weight_bytes: weights read per decode step in the variant's own storage (int8 = "
                           "1 byte + scales; embedding rows not counted, a tied lm_head counted once)",
         })
+
+
+def vllm_offline(settings: dict, cfg: dict, tokenizer, text: str, rows: Measurements) -> dict:
+    """vLLM's offline `LLM.generate` on the same request at every batch size (rows of variant `vllm_offline`),
+    when .venv-reference exists; otherwise (or when it fails) a note, never an error."""
+    from ...config import cached_hub_model
+    from ...model import provisioned_dir
+    from ...serving import reference
+
+    available, why = reference.reference_available()
+    if not (available and cfg["reference"]["enabled"]):
+        return {"measured": False, "note": why if not available else "disabled in the config"}
+    model = settings["model"]
+    model_dir = provisioned_dir(model) or (model if Path(model).is_dir() else cached_hub_model(model))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ref = reference.ReferenceSettings(dtype=settings["dtype"], enforce_eager=cfg["reference"]["enforce_eager"])
+    try:
+        result = reference.run_offline(Path(model_dir).resolve(), [ids], cfg["batch_sizes"], cfg["max_new_tokens"],
+                                       ref)
+    except (reference.ReferenceServerError, OSError, subprocess.SubprocessError) as error:
+        return {"measured": False, "note": f"vLLM's offline run failed: {str(error)[-800:]}"}
+    for entry in result["results"]:
+        rows.add("vllm_offline", 0, "output_tok_per_s", entry["output_tok_per_s"], request_id=RUN_ROW,
+                 batch_size=entry["batch_size"], prompt_tokens=len(ids), max_new_tokens=cfg["max_new_tokens"],
+                 traced=0)
+    return {"measured": True, "version": result["vllm_version"], "results": result["results"]}
 
 
 # ---- command line (python -m profiling d5_variants) --------------------------------------------------------------
