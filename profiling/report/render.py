@@ -63,8 +63,8 @@ def rebase(markdown_text: str, prefix: str) -> str:
 
 
 def figure_anchors(markdown_text: str) -> str:
-    """Give every figure an anchor named after its file: `![…](figures/d1_request_waterfall.png)` gets
-    `<a id="d1_request_waterfall"></a>` in front of it."""
+    """Give every figure an anchor named after its file: `![…](figures/<phase>_waterfall.png)` gets
+    `<a id="<phase>_waterfall"></a>` in front of it."""
     return re.sub(r"!\[[^\]]*\]\((?:\.\./)*figures/([\w.-]+?)\.png\)",
                   lambda match: f'<a id="{match.group(1)}"></a>{match.group(0)}', markdown_text)
 

@@ -26,7 +26,7 @@ LANGUAGE = "en"  # the default edition
 
 
 def localized_name(name: str, language: str) -> str:
-    """`d1_request/section.md.j2` -> `d1_request/section.zh.md.j2` (the same name in English)."""
+    """`<phase>/section.md.j2` -> `<phase>/section.zh.md.j2` (the same name in English)."""
     if language == LANGUAGE:
         return name
     folder, _, file = name.rpartition("/")
