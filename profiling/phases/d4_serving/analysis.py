@@ -102,9 +102,12 @@ def _row(table: pd.DataFrame, variant: str) -> dict | None:
 
 
 def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
-    """a[key] / b[key], or None when either run is missing (not measured in this run)."""
-    if a is None or b is None or not b[key] or not math.isfinite(b[key]):
+    """a[key] / b[key], or None when either run is missing (not measured in this run); inf when only b is 0
+    (e.g. static batching met no SLO at all)."""
+    if a is None or b is None or not math.isfinite(b[key]):
         return None
+    if b[key] == 0:
+        return math.inf if a[key] > 0 else None
     return float(a[key]) / float(b[key])
 
 
