@@ -36,7 +36,7 @@ def d1_waterfall(untraced: pd.DataFrame, figures: Path) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("time since request start (ms), median of each stage")
     ax.set_title(f"D1 request waterfall: {len(steps)} decode steps, e2e ≈ {start * 1e3:.0f} ms")
-    return save(fig, figures, "d1_request_waterfall")
+    return save(fig, figures, f"{PHASE}_waterfall")
 
 
 def d1_token_latency(untraced: pd.DataFrame, figures: Path) -> str:
@@ -55,7 +55,7 @@ def d1_token_latency(untraced: pd.DataFrame, figures: Path) -> str:
     ax.set_ylim(bottom=0)
     ax.set_title(f"Per-token latency by step ({prefill.size} repeats)")
     ax.legend(loc="upper right", fontsize=8)
-    return save(fig, figures, "d1_request_token_latency")
+    return save(fig, figures, f"{PHASE}_token_latency")
 
 
 def d1_operators(operators: pd.DataFrame, figures: Path, top: int) -> str:
@@ -68,7 +68,7 @@ def d1_operators(operators: pd.DataFrame, figures: Path, top: int) -> str:
         ax.set_title(f"{stage}: top {len(rows)} operators by self time")
         ax.set_xlabel("self time in the traced run (ms)")
         ax.tick_params(axis="y", labelsize=7)
-    return save(fig, figures, "d1_request_operators")
+    return save(fig, figures, f"{PHASE}_operators")
 
 
 def view(reports: Path, figures: Path) -> dict | None:
@@ -97,9 +97,9 @@ def view(reports: Path, figures: Path) -> dict | None:
             "token_latency": d1_token_latency(untraced, figures),
             "operators": d1_operators(operators, figures, top),
         },
-        "trace": "traces/d1_request/request.json.gz",
-        "measurements": "data/d1_request/measurements.csv",
-        "summary": "data/d1_request/summary.csv",
-        "operators_csv": "data/d1_request/operators.csv",
-        "record": "records/d1_request.txt",
+        "trace": f"traces/{PHASE}/request.json.gz",
+        "measurements": f"data/{PHASE}/measurements.csv",
+        "summary": f"data/{PHASE}/summary.csv",
+        "operators_csv": f"data/{PHASE}/operators.csv",
+        "record": f"records/{PHASE}.txt",
     }

@@ -75,7 +75,7 @@ def d2_roofline(points: pd.DataFrame, findings: dict, figures: Path) -> str:
     ax.set_title(f"D2 roofline: ridge at {peak / bandwidth:.1f} FLOP/byte (dotted)")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, which="both", alpha=0.2)
-    return save(fig, figures, "d2_bottlenecks_roofline")
+    return save(fig, figures, f"{PHASE}_roofline")
 
 
 def d2_breakdown(breakdown: pd.DataFrame, figures: Path) -> str:
@@ -103,7 +103,7 @@ def d2_breakdown(breakdown: pd.DataFrame, figures: Path) -> str:
     ax.set_xlabel("share of the forward pass's wall time in the traced run (%); traced ms per forward at the right")
     ax.set_title("Where the time goes: operator self time by category, and host time outside operators")
     ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(bars) < 4 else -0.2))
-    return save(fig, figures, "d2_bottlenecks_breakdown")
+    return save(fig, figures, f"{PHASE}_breakdown")
 
 
 def breakdown_columns(breakdown: pd.DataFrame) -> tuple[list[str], list[dict]]:

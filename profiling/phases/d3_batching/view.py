@@ -45,7 +45,7 @@ def latency_vs_throughput(batches: pd.DataFrame, figures: Path) -> str:
     note = f"; out of memory at batch {', '.join(str(int(b)) for b in oom)}" if oom else ""
     ax.set_title(f"Static batches: latency paid for throughput ({int(ok['repeats'].max())} repeats{note})")
     ax.legend(fontsize=8, loc="upper left")
-    return save(fig, figures, "d3_batching_latency_vs_throughput")
+    return save(fig, figures, f"{PHASE}_latency_vs_throughput")
 
 
 def _cdf(ax, values: pd.Series, label: str, colour, style: str = "-") -> None:
@@ -84,7 +84,7 @@ def latency_cdfs(measurements: pd.DataFrame, dynamic: pd.DataFrame, figures: Pat
     right.set_xlabel("end-to-end latency incl. queue wait (s)")
     if len(grid):
         right.legend(fontsize=7)
-    return save(fig, figures, "d3_batching_latency_cdf")
+    return save(fig, figures, f"{PHASE}_latency_cdf")
 
 
 def window_tradeoff(dynamic: pd.DataFrame, figures: Path) -> str:
@@ -115,7 +115,7 @@ def window_tradeoff(dynamic: pd.DataFrame, figures: Path) -> str:
     throughput_ax.set_ylim(bottom=0)
     latency_ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     throughput_ax.legend(fontsize=8)
-    return save(fig, figures, "d3_batching_window_tradeoff")
+    return save(fig, figures, f"{PHASE}_window_tradeoff")
 
 
 def batch_histogram(measurements: pd.DataFrame, dynamic: pd.DataFrame, figures: Path) -> str:
@@ -139,7 +139,7 @@ def batch_histogram(measurements: pd.DataFrame, dynamic: pd.DataFrame, figures: 
         if len(rows):
             ax.legend(fontsize=7)
     fig.suptitle("Achieved batch sizes of the dynamic batcher", fontsize=10)
-    return save(fig, figures, "d3_batching_batch_histogram")
+    return save(fig, figures, f"{PHASE}_batch_histogram")
 
 
 def swimlane(timeline: pd.DataFrame, variant: str, figures: Path) -> str:
@@ -164,7 +164,7 @@ def swimlane(timeline: pd.DataFrame, variant: str, figures: Path) -> str:
     ax.set_xlabel("seconds since the run started (vertical lines: batch launches)")
     ax.set_title(f"Swimlane of one dynamic run: {variant}")
     ax.legend(fontsize=7, loc="upper right")
-    return save(fig, figures, "d3_batching_swimlane")
+    return save(fig, figures, f"{PHASE}_swimlane")
 
 
 def _phases(timeline: pd.DataFrame) -> list[tuple[str, float, float]]:
@@ -219,7 +219,7 @@ def utilisation(telemetry: pd.DataFrame, timeline: pd.DataFrame, figures: Path) 
     samples = telemetry["t_s"].nunique()
     span = telemetry["t_s"].max() - telemetry["t_s"].min() if samples > 1 else 0.0
     axes[0].set_title(f"Utilisation during the experiment ({samples} samples over {span:.0f} s)")
-    return save(fig, figures, "d3_batching_utilisation")
+    return save(fig, figures, f"{PHASE}_utilisation")
 
 
 def view(reports: Path, figures: Path) -> dict | None:
@@ -231,7 +231,7 @@ def view(reports: Path, figures: Path) -> dict | None:
     batches = files["batch_table.csv"]
     dynamic = files["dynamic_table.csv"]  # never empty: the baseline and operating point always run
     timeline, telemetry = files["timeline.csv"], files["telemetry.csv"]
-    cfg = meta["config"]["d3_batching"]
+    cfg = meta["config"][PHASE]
     traces = [{"batch_size": size, "path": f"traces/{PHASE}/static_b{size}.json.gz",
                "oom": size in findings["oom_batch_sizes"]} for size in cfg["batch_sizes"]]
     figures_made = {

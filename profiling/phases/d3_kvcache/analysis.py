@@ -47,7 +47,7 @@ def latency_rows(measurements: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["batch_size"] == 1]
 
 
-def per_repeat(group: pd.DataFrame, metric: str) -> pd.Series:
+def per_run_value(group: pd.DataFrame, metric: str) -> pd.Series:
     """One value of a per-run `metric` per repeat (request 0 for per-request metrics), indexed by repeat."""
     rows = group[(group["metric"] == metric) & (group["request_id"].isin([-1, 0]))]
     return rows.groupby("repeat")["value"].first()
@@ -55,7 +55,7 @@ def per_repeat(group: pd.DataFrame, metric: str) -> pd.Series:
 
 def time_to_tokens(group: pd.DataFrame, tokens: int) -> pd.Series:
     """Per repeat: seconds to generate the first `tokens` tokens = prefill + decode steps 1 .. tokens - 1."""
-    prefill = per_repeat(group, "prefill_s")
+    prefill = per_run_value(group, "prefill_s")
     steps = group[(group["metric"] == "decode_step_s") & (group["step"] < tokens)]
     return prefill + steps.groupby("repeat")["value"].sum().reindex(prefill.index, fill_value=0.0)
 
@@ -73,16 +73,16 @@ def latency_table(measurements: pd.DataFrame) -> pd.DataFrame:
     for (prompt, use_cache), group in latency.groupby(["prompt_tokens", "use_cache"], sort=True):
         use_cache = bool(use_cache)
         oom = bool((group["metric"] == "oom").any())
-        tpot = per_repeat(group, "tpot_s")
+        tpot = per_run_value(group, "tpot_s")
         rows.append({
             "prompt_tokens": prompt, "use_cache": use_cache, "oom": oom,
             "new_tokens": int(first_value(group, "output_tokens")) if not oom else 0,
             "repeats": int(tpot.size),
-            "prefill_p50_s": per_repeat(group, "prefill_s").median(),
+            "prefill_p50_s": per_run_value(group, "prefill_s").median(),
             "per_token_p50_s": tpot.median(), "per_token_min_s": tpot.min(), "per_token_max_s": tpot.max(),
             "per_token_cv": tpot.std(ddof=1) / tpot.mean() if tpot.size > 1 else float("nan"),
-            "e2e_p50_s": per_repeat(group, "e2e_s").median(),
-            "output_tok_per_s_p50": per_repeat(group, "output_tok_per_s").median(),
+            "e2e_p50_s": per_run_value(group, "e2e_s").median(),
+            "output_tok_per_s_p50": per_run_value(group, "output_tok_per_s").median(),
             "kv_cache_bytes": first_value(group, "kv_cache_bytes"),
             "kv_cache_analytic_bytes": first_value(group, "kv_cache_analytic_bytes"),
             "peak_alloc_delta_bytes": first_value(group, "peak_alloc_delta_bytes"),

@@ -13,7 +13,7 @@ from ...io import read_data_files
 from ...report.charts import plt, save
 
 from . import NAME as PHASE
-DATA = "data/d3_kvcache"
+DATA = f"data/{PHASE}"
 
 
 def prompt_colours(prompts: list[int]) -> dict:
@@ -59,7 +59,7 @@ def token_latency_chart(steps: pd.DataFrame, table: pd.DataFrame, figures: Path)
                label="expected without: a forward over the whole context\n(= measured prefill of that many tokens)"),
     ]
     ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
-    return save(fig, figures, "d3_kvcache_token_latency")
+    return save(fig, figures, f"{PHASE}_token_latency")
 
 
 def speedup_chart(table: pd.DataFrame, target: float, figures: Path) -> str:
@@ -78,7 +78,7 @@ def speedup_chart(table: pd.DataFrame, target: float, figures: Path) -> str:
     tokens = int(rows["matched_tokens"].iloc[0]) if len(rows) else 0
     ax.set_title(f"Cache speed-up: time to generate {tokens} tokens, without ÷ with")
     ax.legend(fontsize=8)
-    return save(fig, figures, "d3_kvcache_speedup")
+    return save(fig, figures, f"{PHASE}_speedup")
 
 
 def memory_chart(memory: pd.DataFrame, findings: dict, figures: Path) -> str:
@@ -113,7 +113,7 @@ def memory_chart(memory: pd.DataFrame, findings: dict, figures: Path) -> str:
     ax.set_ylabel("bytes, log scale")
     ax.set_title("What the KV cache costs: linear in batch × context")
     ax.legend(fontsize=7, loc="upper left")
-    return save(fig, figures, "d3_kvcache_memory")
+    return save(fig, figures, f"{PHASE}_memory")
 
 
 def view(reports: Path, figures: Path) -> dict | None:
@@ -156,5 +156,5 @@ def view(reports: Path, figures: Path) -> dict | None:
         "table_csv": f"{DATA}/table.csv",
         "memory_csv": f"{DATA}/memory.csv",
         "findings_json": f"{DATA}/findings.json",
-        "record": "records/d3_kvcache.txt",
+        "record": f"records/{PHASE}.txt",
     }
