@@ -59,6 +59,12 @@ def plan_runs(config: dict) -> dict[str, dict]:
 
 
 def run_dirs(reports: str | Path = "reports") -> list[Path]:
-    """Every run directory under `reports`/runs that holds an env.json (including runs copied from elsewhere)."""
-    runs = Path(reports) / "runs"
-    return sorted(path.parent for path in runs.glob("*/env.json"))
+    """Every run directory under `reports`/runs that holds an env.json (including runs copied from elsewhere),
+    oldest first (by the time its env.json records), so the first run made is the comparison's baseline."""
+    import json
+
+    def recorded(env_path: Path) -> tuple[str, str]:
+        with open(env_path) as f:
+            return json.load(f).get("recorded_at", ""), env_path.parent.name
+
+    return [path.parent for path in sorted((Path(reports) / "runs").glob("*/env.json"), key=recorded)]
