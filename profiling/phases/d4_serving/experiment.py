@@ -36,7 +36,6 @@ import torch
 from tqdm import tqdm
 
 from ... import model as models
-from ...config import cached_hub_model
 from ...engine import generate
 from ...io import staged, write_json
 from ...measure import Run, timed_loads
@@ -146,16 +145,6 @@ def offline_baseline(settings: dict, cfg: dict, run_info: Run, tokenizer, rows: 
     gc.collect()
 
 
-def reference_model_dir(model: str) -> Path | None:
-    """The directory vLLM loads: the provisioned model, a local directory, or the cached Hugging Face snapshot."""
-    local = models.provisioned_dir(model)
-    if local is not None:
-        return local.resolve()
-    if Path(model).is_dir():
-        return Path(model).resolve()
-    return cached_hub_model(model)
-
-
 # ---- the experiment ------------------------------------------------------------------------------------------------
 def run(settings: dict, measurements_path, meta_path, requests_path, bench_path, spans_path, traces: list) -> None:
     """Run every load run; write the data contract files and one trace per run of our server (all or nothing)."""
@@ -197,7 +186,7 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
 
     available, why = reference.reference_available()
     notes["reference"] = {"available": available, "note": why}
-    model_dir = reference_model_dir(settings["model"])
+    model_dir = models.local_model_dir(settings["model"])
     if available and cfg["reference"]["enabled"] and theirs and model_dir is not None:
         ref = reference.ReferenceSettings(dtype=run_info.precision.dtype, enforce_eager=cfg["reference"]["enforce_eager"],
                                           max_model_len=cfg["reference"]["max_model_len"],

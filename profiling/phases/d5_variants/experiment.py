@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -232,19 +231,19 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
 def vllm_offline(settings: dict, cfg: dict, tokenizer, text: str, rows: Measurements) -> dict:
     """vLLM's offline `LLM.generate` on the same request at every batch size (rows of variant `vllm_offline`),
     when .venv-reference exists; otherwise (or when it fails) a note, never an error."""
-    from ...config import cached_hub_model
-    from ...model import provisioned_dir
+    from ...model import local_model_dir
     from ...serving import reference
 
     available, why = reference.reference_available()
     if not (available and cfg["reference"]["enabled"]):
         return {"measured": False, "note": why if not available else "disabled in the config"}
-    model = settings["model"]
-    model_dir = provisioned_dir(model) or (model if Path(model).is_dir() else cached_hub_model(model))
+    model_dir = local_model_dir(settings["model"])
+    if model_dir is None:
+        return {"measured": False, "note": f"no local directory of {settings['model']} for vLLM to load"}
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     ref = reference.ReferenceSettings(dtype=settings["dtype"], enforce_eager=cfg["reference"]["enforce_eager"])
     try:
-        result = reference.run_offline(Path(model_dir).resolve(), [ids], cfg["batch_sizes"], cfg["max_new_tokens"],
+        result = reference.run_offline(model_dir, [ids], cfg["batch_sizes"], cfg["max_new_tokens"],
                                        ref)
     except (reference.ReferenceServerError, OSError, subprocess.SubprocessError) as error:
         return {"measured": False, "note": f"vLLM's offline run failed: {str(error)[-800:]}"}
