@@ -27,7 +27,7 @@ COMMANDS = {
     "report": ("profiling.report.render", "render one run's report, progress wall, records and figures"),
     "progress": ("profiling.report.progress", "render only one run's progress wall from its artifacts"),
     "compare": ("profiling.report.compare", "render reports/index.html and the side-by-side comparison of runs"),
-    "serve": ("profiling.serving.cli", "start the OpenAI-compatible inference service on 127.0.0.1"),
+    "serve": ("profiling.serving.api.cli", "start the OpenAI-compatible inference service on 127.0.0.1"),
 }
 for _phase in phases.PHASES:
     COMMANDS[_phase] = (f"profiling.phases.{_phase}.experiment", f"run the {_phase} experiment")

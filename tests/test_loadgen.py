@@ -12,8 +12,8 @@ import pytest
 
 from profiling.metrics import Measurements
 from profiling.model import build_tiny_tokenizer
-from profiling.serving import loadgen, reference
-from profiling.serving.loadgen import (LoadSettings, RequestRecord, SSEParser, arrival_times, bench_result,
+from profiling.serving.bench import loadgen, reference
+from profiling.serving.bench.loadgen import (LoadSettings, RequestRecord, SSEParser, arrival_times, bench_result,
                                        random_prompts, tenant_sequence)
 
 
@@ -198,8 +198,8 @@ def test_reference_absent_says_how_to_enable(tmp_path):
 
 # ---- a real run against our server --------------------------------------------------------------------------
 def test_run_load_against_our_server(tiny):
-    from profiling.serving.server import start_in_thread
-    from profiling.serving.settings import ServerSettings
+    from profiling.serving.api.server import start_in_thread
+    from profiling.serving.api.settings import ServerSettings
 
     model, tokenizer = tiny
     settings = ServerSettings(model="tiny-random", device="cpu", dtype="float32", threads=1, port=0,

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from profiling.engine import generate
-from profiling.serving import spans as spans_module
-from profiling.serving.server import start_in_thread
-from profiling.serving.settings import ServerSettings
+from profiling.serving.engine import spans as spans_module
+from profiling.serving.api.server import start_in_thread
+from profiling.serving.api.settings import ServerSettings
 
 
 @pytest.fixture(scope="module")
@@ -362,8 +362,8 @@ def test_tenant_admission_order(start, slow_steps, tenant_policy, expected):
 def test_fair_queue_round_robin_and_cap():
     from collections import Counter
 
-    from profiling.serving.sequence import Sequence
-    from profiling.serving.waiting_queue import QueueFull, WaitingQueue
+    from profiling.serving.engine.sequence import Sequence
+    from profiling.serving.engine.waiting_queue import QueueFull, WaitingQueue
 
     def fill(queue):
         for i, tenant in enumerate(["a", "a", "a", "b", "b"]):
@@ -383,8 +383,8 @@ def test_fair_queue_round_robin_and_cap():
 
 
 def test_min_tokens_masks_end_of_sequence(tiny_model):
-    from profiling.serving.sequence import Sequence
-    from profiling.serving.step_engine import StepEngine
+    from profiling.serving.engine.sequence import Sequence
+    from profiling.serving.engine.step_engine import StepEngine
 
     model, tokenizer = tiny_model
     engine = StepEngine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])
@@ -429,7 +429,7 @@ def test_spans_give_a_chrome_trace_and_stage_durations(start, tmp_path):
 def test_cli_flags_round_trip_settings():
     import argparse
 
-    from profiling.serving.cli import add_arguments, settings_from_args
+    from profiling.serving.api.cli import add_arguments, settings_from_args
 
     settings = ServerSettings(model="tiny-random", port=0, policy="dynamic", max_batch=3, wait_window_ms=5.0,
                               queue_depth=7, tenant_policy="fair", tenant_cap=2, spans_out="s.jsonl")
@@ -446,7 +446,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
     from profiling.model import provision
 
     model_dir = provision("tiny-random", tmp_path / "tiny-random")
-    process = subprocess.Popen([sys.executable, "-m", "profiling.serving.cli", "--model", str(model_dir),
+    process = subprocess.Popen([sys.executable, "-m", "profiling.serving.api.cli", "--model", str(model_dir),
                                 "--port", "0", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ...io import read_json, staged, write_json
 from ...metrics import headline, per_repeat
-from ...serving.spans import load_spans, stage_durations, step_table
+from ...serving.engine.spans import load_spans, stage_durations, step_table
 from ...stats import bootstrap_ratio_ci, summary_table
 from . import NAME as PHASE
 from .variants import our_runs, rate_name

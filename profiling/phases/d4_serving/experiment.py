@@ -41,9 +41,9 @@ from ...io import staged, write_json
 from ...measure import Run, timed_loads
 from ...metrics import Measurements, record_generation
 from ...serving import reference
-from ...serving.loadgen import LoadSettings, random_prompts, run_load
-from ...serving.settings import ServerSettings
-from ...serving.spans import load_spans, write_chrome_trace
+from ...serving.bench.loadgen import LoadSettings, random_prompts, run_load
+from ...serving.api.settings import ServerSettings
+from ...serving.engine.spans import load_spans, write_chrome_trace
 from ...timing import timing_method
 from . import NAME as PHASE
 from .variants import Run as LoadRun
@@ -219,7 +219,7 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
         run_info.write_meta(meta_tmp, {
             **notes,
             "timing_method": timing_method(run_info.precision.device) + "; client and servers on one machine",
-            "client": "profiling.serving.loadgen (httpx, streaming /v1/completions, perf_counter)",
+            "client": "profiling.serving.bench.loadgen (httpx, streaming /v1/completions, perf_counter)",
             "cpu_count": os.cpu_count(),
             "server_threads": server_threads(settings, cfg),
             "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"],

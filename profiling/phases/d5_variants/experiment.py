@@ -232,7 +232,7 @@ def vllm_offline(settings: dict, cfg: dict, tokenizer, text: str, rows: Measurem
     """vLLM's offline `LLM.generate` on the same request at every batch size (rows of variant `vllm_offline`),
     when .venv-reference exists; otherwise (or when it fails) a note, never an error."""
     from ...model import local_model_dir
-    from ...serving import reference
+    from ...serving.bench import reference
 
     available, why = reference.reference_available()
     if not (available and cfg["reference"]["enabled"]):

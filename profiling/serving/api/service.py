@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 
-from ..config import apply_threads, resolve_precision
-from .scheduler import Scheduler
+from ...config import apply_threads, resolve_precision
+from ..engine.scheduler import Scheduler
 from .server_metrics import ServerMetrics
 from .settings import ServerSettings
-from .spans import SpanLog
-from .step_engine import StepEngine
-from .waiting_queue import WaitingQueue
-from .worker import Worker
+from ..engine.spans import SpanLog
+from ..engine.step_engine import StepEngine
+from ..engine.waiting_queue import WaitingQueue
+from ..engine.worker import Worker
 
 # Used when a tokenizer has no chat template (e.g. the tiny test model): ChatML, as SmolLM2 uses.
 FALLBACK_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -48,7 +48,7 @@ class Service:
         self.settings = settings.check()
         self.threads = apply_threads({"threads": settings.threads})
         if model is None or tokenizer is None:
-            from ..model import load_model, load_tokenizer
+            from ...model import load_model, load_tokenizer
 
             precision = resolve_precision({"device": settings.device, "dtype": settings.dtype})
             model = load_model(settings.model, precision)

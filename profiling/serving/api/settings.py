@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..config import EMBEDDED_MODEL, ConfigError
+from ...config import EMBEDDED_MODEL, ConfigError
 
 POLICIES = ("static", "dynamic", "continuous")
 TENANT_POLICIES = ("fifo", "fair")

@@ -53,11 +53,11 @@ def cli(args) -> None:
     serve(settings_from_args(args))
 
 
-if __name__ == "__main__":  # python -m profiling.serving.cli (the same as python -m profiling serve)
+if __name__ == "__main__":  # python -m profiling.serving.api.cli (the same as python -m profiling serve)
     import argparse
     import sys
 
-    from ..config import ConfigError
+    from ...config import ConfigError
 
     parser = argparse.ArgumentParser(prog="python -m profiling serve", description=__doc__)
     add_arguments(parser)

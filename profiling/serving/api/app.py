@@ -25,10 +25,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import protocol
 from .detokenize import IncrementalDetokenizer
-from .scheduler import Stopping
-from .sequence import Sequence
+from ..engine.scheduler import Stopping
+from ..engine.sequence import Sequence
 from .service import BadRequest, Service
-from .waiting_queue import QueueFull
+from ..engine.waiting_queue import QueueFull
 
 RETRY_AFTER_S = 1
 

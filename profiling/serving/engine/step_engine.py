@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import _forward_kwarg_names, _positions, cache_kwarg
+from ...engine import _forward_kwarg_names, _positions, cache_kwarg
 from .batch_state import BatchState
 from .kv_slab import slab_cache
 

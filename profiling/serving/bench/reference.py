@@ -4,7 +4,7 @@
     ok, reason = reference_available()
     if ok:
         with reference_server("resources/models/smollm2-135m-instruct", ReferenceSettings()) as base_url:
-            ...  # drive base_url with profiling.serving.loadgen
+            ...  # drive base_url with profiling.serving.bench.loadgen
 
 On CPU, vLLM reserves `gpu_memory_utilization` x RAM at start (0.9 fails on a 24 GiB machine; 0.3 works) and a KV
 cache of VLLM_CPU_KVCACHE_SPACE GiB.
@@ -210,7 +210,7 @@ def run_offline(model_dir, prompt_ids: list[list[int]], batch_sizes=(1, 8, 16), 
         return json.loads(out_path.read_text())
 
 
-if __name__ == "__main__":  # python -m profiling.serving.reference: say whether the reference can run
+if __name__ == "__main__":  # python -m profiling.serving.bench.reference: say whether the reference can run
     available, reason = reference_available()
     print(reason)
     sys.exit(0 if available else 1)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..metrics import RUN_ROW, Measurements, output_tok_per_s, tpot_s
+from ...metrics import RUN_ROW, Measurements, output_tok_per_s, tpot_s
 
 PERCENTILES = (50, 90, 95, 99)
 REQUEST_COLUMNS = ["request_id", "tenant", "start_s", "ttft_s", "itl_s", "tpot_s", "e2e_s", "prompt_tokens",
@@ -481,12 +481,12 @@ def add_rows(rows: Measurements, records: list[RequestRecord], duration_s: float
 
 
 def main(argv=None) -> None:
-    """python -m profiling.serving.loadgen --base-url URL --tokenizer DIR [...]: one run, printed as vLLM prints."""
+    """python -m profiling.serving.bench.loadgen --base-url URL --tokenizer DIR [...]: one run, printed as vLLM prints."""
     import argparse
 
     from transformers import AutoTokenizer
 
-    parser = argparse.ArgumentParser(prog="python -m profiling.serving.loadgen", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m profiling.serving.bench.loadgen", description=main.__doc__)
     parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
     parser.add_argument("--tokenizer", required=True, help="model directory or cached id (for the prompts)")
     parser.add_argument("--model", default=None, help="model name to request (default: the server's first)")

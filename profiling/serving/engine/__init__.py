@@ -1,0 +1,1 @@
+"""The engine: sequences, scheduler, block manager, model runners, the worker that runs them, its spans."""
