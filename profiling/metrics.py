@@ -114,11 +114,13 @@ def record_generation(rows: Measurements, variant: str, repeat: int, clock, outp
 
 def profiler_overhead_ratio(measurements: pd.DataFrame, traced_variant: str, untraced_variant: str) -> float:
     """How much the profiler slows a decode step: the traced run's median `decode_step_s` over the untraced runs'
-    median at the same step numbers (NaN when either is missing). Traced runs are short, so only their steps
-    are compared."""
+    median at the same step numbers and the same batch sizes (like with like; NaN when either is missing).
+    Traced runs are short, so only their steps are compared."""
     steps = measurements[measurements["metric"] == "decode_step_s"]
     traced = steps[steps["variant"] == traced_variant]
     untraced = steps[(steps["variant"] == untraced_variant) & steps["step"].isin(traced["step"])]
+    if "batch_size" in steps:
+        untraced = untraced[untraced["batch_size"].isin(traced["batch_size"])]
     if traced.empty or untraced.empty:
         return float("nan")
     return float(traced["value"].median() / untraced["value"].median())

@@ -31,7 +31,32 @@ def summarize(values, ci_resamples: int = 1000, seed: int = 0) -> dict:
         stats[f"p{p}"] = float(np.percentile(data, p))
     low, high = bootstrap_median_ci(data, ci_resamples, seed)
     stats["ci95_low"], stats["ci95_high"] = low, high
+    stats["half_width_ratio"] = half_width_ratio(stats["p50"], low, high) if data.size > 1 else float("nan")
     return stats
+
+
+def half_width_ratio(median: float, ci95_low: float, ci95_high: float) -> float:
+    """Half the width of a median's 95% confidence interval as a share of the median (0.03 = ±3%); NaN for a
+    zero median."""
+    return (ci95_high - ci95_low) / 2 / abs(median) if median else float("nan")
+
+
+def tight_enough(values, half_width: float, min_n: int, max_n: int) -> bool:
+    """Whether a sample of repeated measurements may stop growing: at least `min_n` values, and either the 95%
+    CI of the median within ±`half_width` of it (a share: 0.05 = ±5%) or `max_n` values reached."""
+    n = len(values)
+    if n < min_n:
+        return False
+    return n >= max_n or summarize(values)["half_width_ratio"] <= half_width
+
+
+def precision(values, max_n: int | None = None) -> dict:
+    """How precise the median of a sample is: n, half_width_ratio (the 95% CI's half-width over the median) and
+    at_cap (True when the sample reached the most repeats allowed, `max_n`, so its CI may be wider than asked)."""
+    stats = summarize(values)
+    n = stats["n"]
+    return {"n": n, "half_width_ratio": stats.get("half_width_ratio", float("nan")),
+            "at_cap": bool(max_n is not None and n >= max_n)}
 
 
 def bootstrap_median_ci(data, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -59,7 +84,8 @@ def bootstrap_ratio_ci(numerator, denominator, resamples: int = 2000, seed: int 
     return ratio, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
-STAT_COLUMNS = ["n", "mean", "std", "cv", "min", "p50", "p90", "p95", "p99", "max", "ci95_low", "ci95_high"]
+STAT_COLUMNS = ["n", "mean", "std", "cv", "min", "p50", "p90", "p95", "p99", "max", "ci95_low", "ci95_high",
+                "half_width_ratio"]
 
 
 def summary_table(measurements, by: list[str], cv_warn: float):

@@ -227,7 +227,7 @@ def test_dynamic_plan_runs_each_setting_once_with_the_baseline_always_there():
     plan = d3_batching.dynamic_settings(dynamic)
     variants = [setting.variant for setting in plan]
     assert len(variants) == len(set(variants)) == 4 + 1 + 1 + 1  # grid, baseline, 4 req/s, burst (2 req/s in grid)
-    assert "dyn_poisson_2rps_w0ms_cap1" in variants and "dyn_burst_4req_w10ms_cap8" in variants
+    assert "dyn_poisson_2rps_w10ms_cap1" in variants and "dyn_burst_4req_w10ms_cap8" in variants
     same_rate = [setting.arrivals(seed=0) for setting in plan if setting.rate_req_per_s == 2.0]
     assert all(arrivals == same_rate[0] for arrivals in same_rate)  # identical traffic across the grid
 

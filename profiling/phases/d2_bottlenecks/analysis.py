@@ -39,6 +39,7 @@ from ...metrics import headline, per_repeat, profiler_overhead_ratio
 from ...shapes import Shapes
 from .costs import decode_context_tokens, decode_step_cost, prefill_cost
 from .op_categories import CATEGORIES, category_table
+from .roof import bandwidth_roof
 from ...stats import summary_table
 from ...trace_ops import StageIndex, kernel_launches, load_events, stage_group, stage_spans
 
@@ -110,17 +111,15 @@ def with_costs(rows: pd.DataFrame, shapes: Shapes, bytes_per_element: int) -> pd
 
 # ---- roofline --------------------------------------------------------------------------------------------------
 def ceiling_values(ceilings: dict) -> dict:
-    """The two roofs: peak_flop_per_s (matmul) and bandwidth_bytes_per_s (the faster of copy and read-only sum),
-    each the fastest of its repeats; `bandwidth_source` names the ceiling the bandwidth roof came from.
+    """The two roofs: peak_flop_per_s (the fastest matmul repeat) and bandwidth_bytes_per_s, the machine's one
+    bandwidth roof (roof.bandwidth_roof: the highest repeat of any bandwidth ceiling, the one D5 uses too);
+    `bandwidth_source` names the ceiling it came from.
 
     A roof is the best the machine sustained in this run, as STREAM reports the best time: other processes can
     only slow a repeat down, so the median of a noisy machine would put measured points above their roof."""
-    measured = ceilings["ceilings"]
-    bandwidths = {name: max(measured[name]["bytes_per_s_range"])
-                  for name in ("memory_bandwidth", "memory_read") if name in measured}
-    source = max(bandwidths, key=bandwidths.get)
-    return {"peak_flop_per_s": max(measured["matmul"]["flop_per_s_range"]),
-            "bandwidth_bytes_per_s": bandwidths[source], "bandwidth_source": source}
+    bandwidth = bandwidth_roof(ceilings)
+    return {"peak_flop_per_s": max(ceilings["ceilings"]["matmul"]["flop_per_s_range"]),
+            "bandwidth_bytes_per_s": bandwidth["bytes_per_s"], "bandwidth_source": bandwidth["source"]}
 
 
 def verdict(intensity: float, achieved_flop_per_s: float, peak_flop_per_s: float, bandwidth: float,

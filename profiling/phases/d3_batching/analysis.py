@@ -69,6 +69,13 @@ def utilisation_metric(telemetry: pd.DataFrame) -> str:
 
 
 # ---- static sweep -------------------------------------------------------------------------------------------
+def every_request(per_batch: pd.Series, batch_size: int) -> pd.Series:
+    """Latencies of every request from one value per static batch: each of the B requests of a batch has its
+    batch's time (they share one prefill and one end), so percentiles "over every request" weigh each batch B
+    times. The input holds one row per batch (one_row_per_static_batch)."""
+    return pd.Series(np.repeat(per_batch.to_numpy(dtype=float), batch_size))
+
+
 def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: pd.DataFrame) -> pd.DataFrame:
     """One row per static batch size: throughput (median and spread over repeats), latency percentiles over the
     requests of every repeat, padding waste, ratios against the smallest batch, and utilisation; an `oom` status
@@ -82,11 +89,13 @@ def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: p
             rows.append({"batch_size": int(batch_size), "status": "oom", "repeats": 0})
             continue
         throughput = _values(static, variant, "output_tok_per_s")
-        e2e = _values(static, variant, "e2e_s")
+        e2e = every_request(_values(static, variant, "e2e_s"), int(batch_size))
+        ttft = every_request(_values(static, variant, "ttft_s"), int(batch_size))
         rows.append({
             "batch_size": int(batch_size),
             "status": "ok",
             "repeats": int(throughput.size),
+            "requests": int(e2e.size),
             "prompt_tokens": int(static.loc[static["variant"] == variant, "prompt_tokens"].median()),
             "padding_waste_ratio": _median(_values(static, variant, "padding_waste_ratio")),
             "output_tok_per_s_p50": _median(throughput),
@@ -94,8 +103,8 @@ def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: p
             "output_tok_per_s_max": float(throughput.max()),
             "output_tok_per_s_cv": float(throughput.std(ddof=1) / throughput.mean()) if throughput.size > 1 else 0.0,
             "request_per_s_p50": _median(_values(static, variant, "request_per_s")),
-            "ttft_p50_s": _median(_values(static, variant, "ttft_s")),
-            "ttft_p95_s": _percentile(_values(static, variant, "ttft_s"), 95),
+            "ttft_p50_s": _median(ttft),
+            "ttft_p95_s": _percentile(ttft, 95),
             "tpot_p50_s": _median(_values(static, variant, "tpot_s")),
             "e2e_p50_s": _median(e2e),
             "e2e_p95_s": _percentile(e2e, 95),
@@ -248,6 +257,13 @@ def find_setting(table: pd.DataFrame, rate: float, window_ms: float, max_batch: 
     return match.iloc[0] if len(match) else None
 
 
+def baseline_setting(table: pd.DataFrame, grid: dict) -> pd.Series | None:
+    """No batching (cap 1) at the operating point's rate and wait window, so the batcher is compared with a
+    baseline that differs only in its cap; at window 0 when an older run has no such setting."""
+    matching = find_setting(table, grid["rate_req_per_s"], grid["operating_window_ms"], 1)
+    return matching if matching is not None else find_setting(table, grid["rate_req_per_s"], 0.0, 1)
+
+
 def window_tradeoff(table: pd.DataFrame) -> list[dict]:
     """For each cap of the grid: p95 e2e, mean batch and throughput at the smallest and the largest window."""
     grid = table[table["role"] == "grid"] if len(table) else table
@@ -274,7 +290,7 @@ def findings(measurements: pd.DataFrame, batches: pd.DataFrame, dynamic: pd.Data
     repeats = int(batches["repeats"].max()) if len(batches) else 0
     operating = find_setting(dynamic, grid["rate_req_per_s"], grid["operating_window_ms"],
                              grid["operating_max_batch"])
-    baseline = find_setting(dynamic, grid["rate_req_per_s"], 0.0, 1)
+    baseline = baseline_setting(dynamic, grid)
     static = measurements[measurements["variant"].str.startswith("static_b")]
     noisy = summary_table(static[static["metric"].isin(["output_tok_per_s", "e2e_s", "decode_step_s"])],
                           ["variant", "metric"], settings["cv_warn"])

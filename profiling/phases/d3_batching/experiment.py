@@ -276,14 +276,15 @@ class DynamicSetting:
 
 
 def dynamic_settings(dynamic: dict) -> list[DynamicSetting]:
-    """The dynamic runs, in order: the window x max-batch grid at the grid's Poisson rate, no batching (cap 1,
-    window 0) and the operating point at that rate, then the rate sweep and the burst at the operating point.
+    """The dynamic runs, in order: the window x max-batch grid at the grid's Poisson rate, no batching (cap 1 at
+    the operating window, so it differs from the operating point only in its cap) and the operating point at that
+    rate, then the rate sweep and the burst at the operating point.
     A setting listed twice is run once."""
     rate, requests = float(dynamic["rate_req_per_s"]), dynamic["requests"]
     window, cap = float(dynamic["operating_window_ms"]), dynamic["operating_max_batch"]
     settings = [DynamicSetting("poisson", rate, requests, float(grid_window), grid_cap)
                 for grid_cap in dynamic["max_batches"] for grid_window in dynamic["wait_windows_ms"]]
-    settings.append(DynamicSetting("poisson", rate, requests, 0.0, 1))  # no batching: the baseline
+    settings.append(DynamicSetting("poisson", rate, requests, window, 1))  # no batching: the baseline
     settings.append(DynamicSetting("poisson", rate, requests, window, cap))  # the operating point
     settings += [DynamicSetting("poisson", float(sweep_rate), requests, window, cap)
                  for sweep_rate in dynamic["rates_req_per_s"]]

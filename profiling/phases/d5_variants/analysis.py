@@ -8,8 +8,12 @@ runs the model. Writes:
     findings.json   key numbers, the timelines and the ranked directions (the report words them)
 
 Definitions (seconds, bytes, bytes/s, joules):
-    step_p50_s             median decode step over every timed step of every repeat (ci95: bootstrap of the median)
-    speedup                reference step p50 / variant step p50 (> 1 is faster), bootstrap 95% CI
+    step_p50_s             median over the timed generations of each one's median decode step (the D5 reference
+                           step: D5's own request and output length, so not D1's step); ci95: bootstrap of that
+                           median; repeats = n; step_half_width_ratio = the CI's half-width / the median
+    speedup                decode only: reference step p50 / variant step p50 (> 1 is faster), bootstrap 95% CI
+    e2e_speedup            end to end (prefill + decode + one-off per request costs): reference e2e p50 / variant
+                           e2e p50, bootstrap 95% CI; a variant can win decode and lose end to end
     decode_tok_per_s       batch / step_p50_s
     achieved_bandwidth     step_weight_bytes / step_p50_s (weights in the variant's own storage, as gpt-fast)
     roof_share             achieved_bandwidth / roof; roof = the highest bandwidth in D2's ceilings.json
@@ -32,12 +36,12 @@ from ...io import read_json, staged, write_json
 from ...metrics import headline, per_repeat, profiler_overhead_ratio
 from ...stats import bootstrap_ratio_ci, summarize, summary_table
 from ...trace_ops import operator_table, stage_spans  # the one import of the trace helpers
+from ..d2_bottlenecks.roof import bandwidth_roof as roof_bandwidth  # the machine's one roof
 from . import NAME as PHASE
 from .variants import REFERENCE
 
 ENGINE_STAGE = r"^(tokenize|prefill|decode_step\[\d+\]|detokenize)$"  # the engine's span labels
 STEP_INDEX = re.compile(r"\[\d+\]$")
-NOT_BANDWIDTHS = {"matmul"}  # ceilings whose bytes/s is a side effect of a compute-bound operation
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
@@ -61,51 +65,51 @@ def one_value(rows: pd.DataFrame, variant: str, metric: str, batch: int | None =
     return float(np.median(found)) if found else float("nan")
 
 
-def roof_bandwidth(ceilings: dict | None) -> dict:
-    """The highest bandwidth of D2's ceilings.json (fastest repeat of every ceiling that holds bytes/s, except
-    compute-bound ones): {"bytes_per_s", "source"}; NaN and source None without ceilings."""
-    best = {"bytes_per_s": float("nan"), "source": None}
-    for name, record in ((ceilings or {}).get("ceilings") or {}).items():
-        if name in NOT_BANDWIDTHS or not isinstance(record, dict):
-            continue
-        rates = [v for v in [record.get("bytes_per_s"), *(record.get("bytes_per_s_range") or [])] if v]
-        if rates and (best["source"] is None or max(rates) > best["bytes_per_s"]):
-            best = {"bytes_per_s": float(max(rates)), "source": name}
-    return best
-
-
 # ---- the variant table -------------------------------------------------------------------------------------------
-def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmup: int) -> dict:
+def of_setting(rows: pd.DataFrame, variant: str, batch: int) -> pd.DataFrame:
+    """The rows of one variant at one batch size."""
+    return rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)]
+
+
+def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmup: int,
+                max_repeats: int | None = None) -> dict:
     """One row of the variant table (see the module docstring for every definition)."""
-    steps = values(rows, variant, "decode_step_s", batch)
-    reference_steps = values(rows, REFERENCE, "decode_step_s", batch)
+    setting, reference = of_setting(rows, variant, batch), of_setting(rows, REFERENCE, batch)
+    steps = per_repeat(setting, "decode_step_s")  # one value per timed generation: its median step
+    reference_steps = per_repeat(reference, "decode_step_s")
     stats = summarize(steps)
     speedup, speedup_low, speedup_high = bootstrap_ratio_ci(reference_steps, steps)
+    e2e = per_repeat(setting, "e2e_s")
+    e2e_speedup, e2e_low, e2e_high = bootstrap_ratio_ci(per_repeat(reference, "e2e_s"), e2e)
     step_p50 = stats.get("p50", float("nan"))
     weight_bytes = one_value(rows, variant, "step_weight_bytes")
     kv_bytes = one_value(rows, variant, "step_kv_bytes", batch)
     achieved = weight_bytes / step_p50
-    e2e = one_value(rows, variant, "e2e_s", batch)
+    e2e_p50 = float(np.median(e2e)) if e2e else float("nan")
     warmup_s = one_value(rows, variant, "warmup_s", batch)
     build_s = one_value(rows, variant, "build_s")
     energy = [joules / (batch * tokens) for joules, tokens in zip(
-        per_repeat(rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)], "energy_j"),
-        per_repeat(rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)], "output_tokens"))]
+        per_repeat(setting, "energy_j"), per_repeat(setting, "output_tokens"))]
     reference_step = float(np.median(reference_steps)) if reference_steps else float("nan")
     reference_bytes = one_value(rows, REFERENCE, "step_weight_bytes")
+    threads = setting["threads"].dropna() if "threads" in setting else pd.Series(dtype=float)
     return {
         "variant": variant, "batch_size": batch, "available": True,
         "step_p50_s": step_p50, "step_ci95_low_s": stats.get("ci95_low"), "step_ci95_high_s": stats.get("ci95_high"),
-        "step_p90_s": stats.get("p90"), "step_cv": stats.get("cv"), "steps_n": stats.get("n", 0),
-        "repeats": len(per_repeat(rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)],
-                                  "decode_step_s")),
+        "step_p90_s": stats.get("p90"), "step_cv": stats.get("cv"),
+        "steps_n": len(values(rows, variant, "decode_step_s", batch)),
+        "repeats": stats.get("n", 0), "step_half_width_ratio": stats.get("half_width_ratio"),
+        "at_cap": bool(max_repeats is not None and stats.get("n", 0) >= max_repeats),
         "speedup": speedup, "speedup_ci95_low": speedup_low, "speedup_ci95_high": speedup_high,
+        "e2e_p50_s": e2e_p50,
+        "e2e_speedup": e2e_speedup, "e2e_speedup_ci95_low": e2e_low, "e2e_speedup_ci95_high": e2e_high,
         "prefill_p50_s": one_value(rows, variant, "prefill_s", batch),
         "output_tok_per_s": one_value(rows, variant, "output_tok_per_s", batch),
         "decode_tok_per_s": batch / step_p50,
+        "threads": int(threads.median()) if len(threads) else None,
         "peak_memory_bytes": one_value(rows, variant, "peak_memory_bytes"),
         "build_s": build_s, "warmup_s": warmup_s,
-        "one_off_s": build_s + max(0.0, warmup_s - warmup * e2e),
+        "one_off_s": build_s + max(0.0, warmup_s - warmup * e2e_p50),
         "step_weight_bytes": weight_bytes, "step_kv_bytes": kv_bytes,
         "bytes_ratio": weight_bytes / reference_bytes, "time_ratio": step_p50 / reference_step,
         "achieved_bandwidth_bytes_per_s": achieved,
@@ -119,7 +123,7 @@ def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmu
 
 
 def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_sizes: list[int],
-                  warmup: int) -> pd.DataFrame:
+                  warmup: int, max_repeats: int | None = None) -> pd.DataFrame:
     """One row per variant (config order) and batch size; an unavailable variant has one row per batch size with
     available False and its reason."""
     rows = timed_rows(measurements)
@@ -131,7 +135,7 @@ def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_siz
                 table.append({"variant": variant, "batch_size": batch, "available": False,
                               "reason": unavailable[variant]})
             else:
-                table.append(variant_row(rows, variant, batch, roof, warmup))
+                table.append(variant_row(rows, variant, batch, roof, warmup, max_repeats))
     return pd.DataFrame(table)
 
 
@@ -236,25 +240,45 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
                         "decode_tok_per_s": [best_row["decode_tok_per_s"], at.loc[(best, large)]["decode_tok_per_s"]],
                         "batch_gain": per_token_small / per_token_large, "ideal_gain": large / small}})
     if (threads_variant, small) in at.index and at.loc[(threads_variant, small)]["available"]:
-        one_thread = at.loc[(threads_variant, small)]
-        found.append({
-            "limit": "thread_scaling", "line": "systems",
-            "headroom_s_per_token": one_thread["step_p50_s"] - reference_row["step_p50_s"],
-            "numbers": {"one_thread_step_s": one_thread["step_p50_s"], "all_threads_step_s": reference_row["step_p50_s"],
-                        "scaling": one_thread["step_p50_s"] / reference_row["step_p50_s"]}})
+        found.append(thread_scaling_direction(at.loc[(threads_variant, small)], reference_row))
     return sorted(found, key=lambda item: item["headroom_s_per_token"], reverse=True)
 
 
+def thread_scaling_direction(one_thread: pd.Series, all_threads: pd.Series) -> dict:
+    """What thread scaling can still give the reference (the variant the 1-thread run is a copy of): with T
+    threads in use, perfect scaling would make a step one_thread_step / T; the headroom is the all-thread step
+    minus that (never below 0), seconds per token at batch 1. The gain already taken (1 thread -> T) is not
+    headroom."""
+    threads = all_threads.get("threads")
+    threads = int(threads) if threads is not None and threads == threads and threads > 0 else 1
+    perfect = one_thread["step_p50_s"] / threads
+    return {"limit": "thread_scaling", "line": "systems",
+            "headroom_s_per_token": max(0.0, all_threads["step_p50_s"] - perfect),
+            "numbers": {"variant": REFERENCE, "threads": threads, "one_thread_step_s": one_thread["step_p50_s"],
+                        "all_threads_step_s": all_threads["step_p50_s"], "perfect_scaling_step_s": perfect,
+                        "scaling": one_thread["step_p50_s"] / all_threads["step_p50_s"],
+                        "efficiency": one_thread["step_p50_s"] / all_threads["step_p50_s"] / threads}}
+
+
 # ---- findings ----------------------------------------------------------------------------------------------------
-def against_vllm(measurements: pd.DataFrame, table: pd.DataFrame, best: str) -> list[dict]:
-    """Per batch size: vLLM's offline output tok/s and the best variant's (median), and their ratio."""
+def fastest_at(table: pd.DataFrame, batch: int) -> str | None:
+    """The available variant with the highest end-to-end output tok/s at `batch` (None when none has one)."""
+    rows = table[(table["batch_size"] == batch) & table["available"]].dropna(subset=["output_tok_per_s"])
+    return None if rows.empty else str(rows.sort_values("output_tok_per_s", ascending=False).iloc[0]["variant"])
+
+
+def against_vllm(measurements: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
+    """Per batch size: vLLM's offline output tok/s against our fastest variant at that batch size (end-to-end
+    output tok/s, median over repeats), and their ratio (ours / vLLM's)."""
     vllm = measurements[(measurements["variant"] == VLLM) & (measurements["metric"] == "output_tok_per_s")]
     rows = []
     for entry in vllm.itertuples():
         batch = int(entry.batch_size)
-        ours = table[(table["variant"] == best) & (table["batch_size"] == batch)]
+        fastest = fastest_at(table, batch)
+        ours = table[(table["variant"] == fastest) & (table["batch_size"] == batch)]
         tok_per_s = float(ours["output_tok_per_s"].iloc[0]) if len(ours) else float("nan")
-        rows.append({"batch_size": batch, "vllm_tok_per_s": float(entry.value), "best_tok_per_s": tok_per_s,
+        rows.append({"batch_size": batch, "variant": fastest, "repeats": int(ours["repeats"].iloc[0]) if len(ours)
+                     else 0, "vllm_tok_per_s": float(entry.value), "best_tok_per_s": tok_per_s,
                      "ratio": tok_per_s / float(entry.value)})
     return rows
 
@@ -299,7 +323,7 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
                                                cfg.get("top_ops", 8))},
         "directions": ranked,
         "vllm_offline": {**meta["notes"].get("vllm_offline", {"measured": False}),
-                         "against_best": against_vllm(measurements, table, best)},
+                         "against_best": against_vllm(measurements, table)},
         "headlines": [
             headline(f"decode step b{small} (reference)", per_repeat(reference_b1, "decode_step_s"), "s", "lower"),
             headline(f"decode step b{small} (best variant)", per_repeat(best_b1, "decode_step_s"), "s", "lower"),
@@ -324,7 +348,7 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, traces:
     ceilings = read_json(ceilings_path) if ceilings_path and Path(ceilings_path).exists() else None
     roof = roof_bandwidth(ceilings)
     batch_sizes = [int(b) for b in cfg["batch_sizes"]]
-    table = variant_table(measurements, meta, roof["bytes_per_s"], batch_sizes, cfg["warmup"])
+    table = variant_table(measurements, meta, roof["bytes_per_s"], batch_sizes, cfg["warmup"], cfg.get("repeats"))
     timelines = {name: timeline(path) for name, path in traces_by_variant(meta, traces).items()}
     timelines = {name: t for name, t in timelines.items() if t.get("decode_steps")}
     summary = summary_table(timed_rows(measurements), ["variant", "batch_size", "metric"], settings["cv_warn"])
