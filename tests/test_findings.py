@@ -133,3 +133,50 @@ def test_static_p95_is_over_every_request():
     row = table.iloc[0]
     assert row["requests"] == 12
     assert row["e2e_p95_s"] == pytest.approx(np.percentile([1.0] * 4 + [2.0] * 4 + [10.0] * 4, 95))
+
+
+# ---- one quantity, one value: D1's decode step; D2's best prefill -----------------------------------------------
+def d1_rows() -> pd.DataFrame:
+    """Three timed requests whose steps are skewed: pooled median 0.0455 s, median of request medians 0.0575 s."""
+    rows = Measurements("d1_request")
+    steps = {0: [0.040, 0.045, 0.046, 0.080], 1: [0.044, 0.045, 0.070, 0.090], 2: [0.030, 0.040, 0.090, 0.095]}
+    for repeat, seconds in steps.items():
+        knobs = {"batch_size": 1, "prompt_tokens": 20, "max_new_tokens": 5}
+        for load in ("load_model_s", "load_tokenizer_s"):
+            rows.add("untraced", repeat, load, 1.0, request_id=-1)
+        for metric, value in (("tokenize_s", 0.001), ("prefill_s", 0.1), ("detokenize_s", 0.001)):
+            rows.add("untraced", repeat, metric, value, request_id=-1, **knobs)
+        for step, value in enumerate(seconds, start=1):
+            rows.add("untraced", repeat, "decode_step_s", value, request_id=-1, step=step, **knobs)
+        for metric, value in (("ttft_s", 0.1), ("tpot_s", 0.05), ("e2e_s", 0.1 + sum(seconds) + 0.002)):
+            rows.add("untraced", repeat, metric, value, **knobs)
+        rows.add("untraced", repeat, "output_tokens", 5, request_id=-1, **knobs)
+        rows.add("untraced", repeat, "output_tok_per_s", 5 / (0.1 + sum(seconds)), request_id=-1, **knobs)
+    rows.add("untraced", 3, "load_model_s", 1.0, request_id=-1)  # a fourth load: not a fourth request
+    rows.add("untraced", 3, "load_tokenizer_s", 1.0, request_id=-1)
+    return rows.frame()
+
+
+def test_d1_decode_step_is_one_value_the_headline_and_the_sentence_share():
+    from profiling.phases.d1_request import analysis as d1
+
+    operators = pd.DataFrame(columns=["stage", "op", "device", "self_s", "share_of_stage", "calls"])
+    spans = pd.DataFrame(columns=["name", "start_s", "seconds"])
+    found = d1.findings(d1_rows(), operators, spans, cv_warn=0.1, max_repeats=3)
+    headline = next(h for h in found["headlines"] if h["label"].startswith("decode step"))
+    assert found["decode_step_p50_s"] == pytest.approx(np.median(headline["values"]))
+    assert found["decode_step_p50_s"] == pytest.approx(0.0575)  # not the pooled 0.0455
+    assert found["repeats"] == 3
+    assert found["decode_step_precision"]["n"] == 3 and found["decode_step_precision"]["at_cap"]
+
+
+def test_d2_best_prefill_is_the_best_of_every_phase():
+    points = pd.DataFrame([
+        {"source": "d2_bottlenecks", "stage": "prefill", "batch_size": 16, "prompt_tokens": 128,
+         "achieved_flop_per_s": 205.7e9, "mfu": 0.5},
+        {"source": "d3_kvcache", "stage": "prefill", "batch_size": 1, "prompt_tokens": 1000,
+         "achieved_flop_per_s": 219.3e9, "mfu": 0.53},
+        {"source": "d2_bottlenecks", "stage": "decode", "batch_size": 1, "prompt_tokens": 128,
+         "achieved_flop_per_s": 1e9, "mfu": 0.01}])
+    best = d2.best_prefill(points)
+    assert best["source"] == "d3_kvcache" and best["achieved_flop_per_s"] == 219.3e9

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ...io import staged, write_json
 from ...metrics import headline, per_repeat, profiler_overhead_ratio
-from ...stats import summary_table
+from ...stats import precision, summary_table
 from ...trace_ops import operator_table, stage_spans
 
 REQUEST_STAGES = ["tokenize", "prefill", "decode", "detokenize"]
@@ -56,8 +56,11 @@ def host_overhead(operators: pd.DataFrame, spans: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def findings(measurements: pd.DataFrame, operators: pd.DataFrame, spans: pd.DataFrame, cv_warn: float) -> dict:
-    """The key numbers the report's conclusion is generated from (all seconds unless named otherwise)."""
+def findings(measurements: pd.DataFrame, operators: pd.DataFrame, spans: pd.DataFrame, cv_warn: float,
+             max_repeats: int | None = None) -> dict:
+    """The key numbers the report's conclusion is generated from (all seconds unless named otherwise). A figure's
+    precision is n (timed requests), the half-width of its median's 95% CI over the median, and whether the
+    repeats stopped at the cap `max_repeats`."""
     stages = stage_table(measurements)
     untraced = measurements[measurements["variant"] == "untraced"]
 
@@ -66,7 +69,8 @@ def findings(measurements: pd.DataFrame, operators: pd.DataFrame, spans: pd.Data
 
     request_stages = stages[stages["stage"].isin(REQUEST_STAGES)]
     dominant = request_stages.sort_values("share_of_e2e", ascending=False).iloc[0]
-    step_p50 = median(untraced, "decode_step_s")
+    step_per_repeat = per_repeat(untraced, "decode_step_s")  # each request's median step: the one D1 step
+    step_p50 = float(np.median(step_per_repeat))
     prefill_p50 = median(untraced, "prefill_s")
     top_ops = {}
     for stage in ("prefill", "decode_step"):
@@ -81,7 +85,9 @@ def findings(measurements: pd.DataFrame, operators: pd.DataFrame, spans: pd.Data
         "dominant_stage": dominant["stage"],
         "dominant_share": float(dominant["share_of_e2e"]),
         "prefill_p50_s": prefill_p50,
-        "decode_step_p50_s": step_p50,
+        "decode_step_p50_s": step_p50,  # median over requests of each request's median step (= the headline)
+        "decode_step_precision": precision(step_per_repeat, max_repeats),
+        "e2e_precision": precision(per_repeat(untraced, "e2e_s"), max_repeats),
         "prefill_over_step": prefill_p50 / step_p50,
         "ttft_p50_s": median(untraced, "ttft_s"),
         "tpot_p50_s": median(untraced, "tpot_s"),
@@ -89,7 +95,7 @@ def findings(measurements: pd.DataFrame, operators: pd.DataFrame, spans: pd.Data
         "output_tok_per_s_p50": median(untraced, "output_tok_per_s"),
         "output_tokens": int(median(untraced, "output_tokens")),
         "prompt_tokens": int(untraced["prompt_tokens"].dropna().iloc[0]),
-        "repeats": int(untraced["repeat"].max() + 1),
+        "repeats": int(untraced.loc[untraced["metric"] == "e2e_s", "repeat"].nunique()),  # timed requests
         "profiler_overhead_ratio": profiler_overhead_ratio(measurements, "traced", "untraced"),
         "top_ops": top_ops,
         "decode_outside_operators_share": float(overhead.loc["decode_step", "outside_operators_share"])
@@ -111,7 +117,8 @@ def analyze(settings: dict, measurements_path, trace_path, summary_path, operato
     with staged(summary_path, operators_path, findings_path) as (summary_tmp, operators_tmp, findings_tmp):
         summary.to_csv(summary_tmp, index=False)
         operators.to_csv(operators_tmp, index=False)
-        write_json(findings_tmp, findings(measurements, operators, spans, cv_warn))
+        write_json(findings_tmp, findings(measurements, operators, spans, cv_warn,
+                                          settings.get("d1_request", {}).get("repeats")))
 
 
 # ---- command line (python -m profiling d1_request_analysis) -------------------------------------------------------

@@ -319,6 +319,13 @@ def headline_figures(measurements: pd.DataFrame) -> list[dict]:
             headline("copy bandwidth", copies["work_bytes"] / copies["value"], "bytes/s", "higher")]
 
 
+def best_prefill(points: pd.DataFrame) -> dict | None:
+    """The prefill point with the highest achieved FLOP/s among every phase's points (its `source` names the
+    phase), so "the best prefill" is the best one this run measured; None without prefill points."""
+    prefills = points[points["stage"] == "prefill"] if len(points) else points
+    return prefills.sort_values("achieved_flop_per_s").iloc[-1].to_dict() if len(prefills) else None
+
+
 def verdict_matrix(points: pd.DataFrame) -> dict:
     """Verdict counts by stage (rows) and batch size (columns): the compact view of every roofline point."""
     if points.empty:
@@ -341,9 +348,7 @@ def findings(points: pd.DataFrame, breakdown: pd.DataFrame, ceilings: dict, roof
     others = [source for source in sources if source != PHASE]
     decode = _point(points, PHASE, "decode", 1) or _point(points, PHASE, "decode") or next(
         (point for point in (_point(points, source, "decode") for source in others) if point), None)
-    prefill_points = points[(points["stage"] == "prefill") & (points["source"] == PHASE)]
-    prefill = prefill_points.sort_values("mfu").iloc[-1].to_dict() if len(prefill_points) else next(
-        (point for point in (_point(points, source, "prefill") for source in others) if point), None)
+    prefill = best_prefill(points)
     largest_decode = points[(points["source"] == PHASE) & (points["stage"] == "decode")]
     largest_decode = largest_decode.sort_values("batch_size").iloc[-1].to_dict() if len(largest_decode) else None
 

@@ -217,7 +217,7 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
         found.append({
             "limit": "bandwidth", "line": "kernel",
             "headroom_s_per_token": best_row["step_p50_s"] - floor_s,
-            "numbers": {"batch_size": small, "reference_roof_share": reference_row["roof_share"],
+            "numbers": {"batch_size": int(small), "reference_roof_share": reference_row["roof_share"],
                         "best_roof_share": best_row["roof_share"], "best_variant": best,
                         "step_s": best_row["step_p50_s"], "roof_floor_s": floor_s,
                         "roof_bytes_per_s": roof["bytes_per_s"], "roof_source": roof["source"]}})
@@ -229,15 +229,16 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
             "headroom_s_per_token": share * best_row["step_p50_s"],
             "numbers": {"best_variant": best, "host_overhead_share": share,
                         "reference_host_overhead_share": timelines.get(REFERENCE, {}).get("host_overhead_share"),
-                        "operators_per_step": best_timeline["operators_per_step"]}})
+                        "operators_per_step": round(best_timeline["operators_per_step"])}})
     if large != small and (best, large) in at.index:
         per_token_small = 1.0 / best_row["decode_tok_per_s"]
         per_token_large = 1.0 / at.loc[(best, large)]["decode_tok_per_s"]
         found.append({
             "limit": "batching", "line": "serving",
             "headroom_s_per_token": per_token_small - per_token_large,
-            "numbers": {"best_variant": best, "batch_sizes": [small, large],
-                        "decode_tok_per_s": [best_row["decode_tok_per_s"], at.loc[(best, large)]["decode_tok_per_s"]],
+            "numbers": {"best_variant": best, "small_batch": small, "large_batch": large,
+                        "small_batch_decode_tok_per_s": best_row["decode_tok_per_s"],
+                        "large_batch_decode_tok_per_s": at.loc[(best, large)]["decode_tok_per_s"],
                         "batch_gain": per_token_small / per_token_large, "ideal_gain": large / small}})
     if (threads_variant, small) in at.index and at.loc[(threads_variant, small)]["available"]:
         found.append(thread_scaling_direction(at.loc[(threads_variant, small)], reference_row))
