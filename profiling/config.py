@@ -243,8 +243,10 @@ def settings_arg(text: str) -> dict:
 
 
 def run_config(config: dict) -> dict:
-    """The run-wide keys every step depends on: model, device, dtype, threads, seed, cv_warn, profile."""
-    return {key: config[key] for key in ("model", "device", "dtype", "threads", "seed", "cv_warn", "profile")}
+    """The run-wide keys every step depends on: model, device, dtype, threads, seed, cv_warn, adaptive (repeats and
+    warm-ups), profile."""
+    return {key: config[key] for key in ("model", "device", "dtype", "threads", "seed", "cv_warn", "adaptive",
+                                         "profile")}
 
 
 def phase_config(config: dict, phase: str) -> dict:

@@ -112,3 +112,77 @@ class OutOfMemoryGuard:
         self.release()
         rows.add(variant, repeat, "oom", 1, request_id=-1, **knobs)
         tqdm.write(f"{variant}: out of memory ({self.message}); recorded as a row, going on")
+
+
+# ---- adaptive repeats and warm-ups --------------------------------------------------------------------------------
+class RepeatPolicy:
+    """How many times a timed measurement runs (DESIGN.md "Measurement rules"), from the config's run-wide
+    `adaptive` block (read here, once) and the phase's own `warmup` (fewest warm-up calls) and `repeats` (most
+    timed repeats):
+
+        repeats   go on until the 95% CI of every watched figure's median is within ±ci_half_width of it (a
+                  share: 0.05 = ±5%), never fewer than min_repeats (nor than 1), at most the phase's `repeats`;
+                  a figure that stops at the cap is flagged by the analysis.
+        warm-up   goes on until a call's last two decode steps are within warmup_settle of each other (first-call
+                  costs paid), at least the phase's `warmup` calls, at most warmup_max.
+    """
+
+    DEFAULTS = {"min_repeats": 3, "ci_half_width": 0.05, "warmup_settle": 0.05, "warmup_max": 4}
+
+    def __init__(self, settings: dict, phase_cfg: dict):
+        adaptive = {**self.DEFAULTS, **(settings.get("adaptive") or {})}
+        self.max_repeats = int(phase_cfg["repeats"])
+        self.min_repeats = max(1, min(int(adaptive["min_repeats"]), self.max_repeats))
+        self.ci_half_width = float(adaptive["ci_half_width"])
+        self.min_warmup = int(phase_cfg.get("warmup", 1))
+        self.max_warmup = max(self.min_warmup, int(adaptive["warmup_max"]))
+        self.warmup_settle = float(adaptive["warmup_settle"])
+
+    def enough(self, samples: dict) -> bool:
+        """Whether every watched figure (name -> its values so far, one per repeat) may stop repeating."""
+        from .stats import tight_enough
+
+        return all(tight_enough(values, self.ci_half_width, self.min_repeats, self.max_repeats)
+                   for values in samples.values())
+
+    def settled(self, clock) -> bool:
+        """Whether a warm-up call's decode steps have settled: its last two steps within warmup_settle of each
+        other (a call with fewer than two steps counts as settled)."""
+        steps = [span.seconds for span in clock.spans if span.name.startswith("decode_step[")]
+        if len(steps) < 2:
+            return True
+        return abs(steps[-1] - steps[-2]) <= self.warmup_settle * max(steps[-2], 1e-12)
+
+    def warm_up(self, call) -> int:
+        """Run `call()` (one untimed generation returning its StageClock) until it settles; returns the calls made."""
+        calls = 0
+        while calls < self.max_warmup:
+            clock = call()
+            calls += 1
+            if calls >= self.min_warmup and self.settled(clock):
+                break
+        return calls
+
+    def describe(self) -> dict:
+        """The policy as meta.json records it."""
+        return {"min_repeats": self.min_repeats, "max_repeats": self.max_repeats,
+                "ci_half_width": self.ci_half_width, "min_warmup": self.min_warmup, "max_warmup": self.max_warmup,
+                "warmup_settle": self.warmup_settle}
+
+
+def repeat_until_tight(measure, policy: RepeatPolicy, desc: str = "repeats") -> int:
+    """Call `measure(repeat)` for repeat = 0, 1, … until `policy.enough(samples)`; `measure` returns the watched
+    figures of that repeat as {name: value}. Returns the number of repeats made."""
+    from tqdm import tqdm
+
+    samples: dict = {}
+    repeat = 0
+    with tqdm(total=policy.max_repeats, desc=desc, unit="repeat", leave=False) as bar:
+        while repeat < policy.max_repeats:
+            for name, value in measure(repeat).items():
+                samples.setdefault(name, []).append(value)
+            repeat += 1
+            bar.update(1)
+            if policy.enough(samples):
+                break
+    return repeat

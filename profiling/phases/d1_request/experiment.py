@@ -2,7 +2,9 @@
 
 1. Loads: `load_repeats` fresh loads of the model and the tokenizer (after one untimed load that warms the
    file cache), each timed.
-2. Requests: `warmup` untimed requests, then `repeats` timed ones. Each request is
+2. Requests: untimed warm-up requests until the decode steps settle (measure.RepeatPolicy: at least `warmup`),
+   then timed ones until the medians of the decode step, TTFT and e2e are tight (at least the run-wide
+   min_repeats, at most `repeats`). Each request is
    tokenize -> prefill -> decode_step[1..n-1] -> detokenize, every stage a StageClock span.
 3. A separate short traced run (prefill + `trace_decode_steps` steps, loads included) under torch.profiler,
    exported as a gzip Chrome trace. Its spans are recorded as variant "traced", so the profiler's overhead
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -21,7 +24,7 @@ from ...io import staged
 from ...metrics import Measurements, record_generation
 from ...timing import StageClock, sync, timing_method
 from ...tracing import export_gzip_trace, profiled
-from ...measure import Run, render_prompt, timed_loads
+from ...measure import RepeatPolicy, Run, render_prompt, repeat_until_tight, timed_loads
 
 from . import NAME as PHASE
 
@@ -62,15 +65,23 @@ def run(settings: dict, measurements_path, meta_path, trace_path) -> None:
     text = render_prompt(tokenizer, cfg["prompt"], cfg["chat_template"])
     max_new = cfg["max_new_tokens"]
 
-    # 2. Requests: warm-up, then timed repeats.
-    for _ in tqdm(range(cfg["warmup"]), desc="d1 warm-up", unit="req"):
-        one_request(model, tokenizer, text, max_new, cfg, device, generator=generator)
-    output_text, prompt_tokens = "", 0
-    for repeat in tqdm(range(cfg["repeats"]), desc="d1 requests", unit="req"):
-        clock, tokens, output_text, prompt_tokens = one_request(model, tokenizer, text, max_new, cfg, device,
-                                                                generator=generator)
-        knobs = {"batch_size": 1, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new}
-        record_generation(rows, "untraced", repeat, clock, len(tokens), **knobs)
+    # 2. Requests: warm-up until the decode steps settle, then timed repeats until the medians are tight.
+    policy = RepeatPolicy(settings, cfg)
+    warmup_calls = policy.warm_up(lambda: one_request(model, tokenizer, text, max_new, cfg, device,
+                                                      generator=generator)[0])
+    last = {}
+
+    def timed_request(repeat: int) -> dict:
+        clock, tokens, last["text"], last["prompt_tokens"] = one_request(model, tokenizer, text, max_new, cfg,
+                                                                         device, generator=generator)
+        knobs = {"batch_size": 1, "prompt_tokens": last["prompt_tokens"], "max_new_tokens": max_new}
+        figures = record_generation(rows, "untraced", repeat, clock, len(tokens), **knobs)
+        steps = [span.seconds for span in clock.spans if span.name.startswith("decode_step[")]
+        return {"decode_step_s": float(np.median(steps)) if steps else figures["e2e_s"], "e2e_s": figures["e2e_s"],
+                "ttft_s": figures["ttft_s"]}
+
+    repeats_made = repeat_until_tight(timed_request, policy, desc="d1 requests")
+    output_text, prompt_tokens = last["text"], last["prompt_tokens"]
 
     # 3. Traced run: short, separate, loads included so the trace shows the whole request's life.
     traced_new = cfg["trace_decode_steps"] + 1
@@ -103,6 +114,9 @@ def run(settings: dict, measurements_path, meta_path, trace_path) -> None:
                 "num_key_value_heads", "vocab_size", "max_position_embeddings")},
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "traced_wall_s": traced_wall_s,
+            "repeat_policy": policy.describe(),
+            "warmup_calls": warmup_calls,
+            "repeats_made": repeats_made,
             "trace_decode_steps": cfg["trace_decode_steps"],
         })
 

@@ -4,7 +4,8 @@
    FLOP/s and matrix-vector throughput in the dtype in use, the host cost of a tiny operator (on CUDA: an empty
    kernel launch) and, on CUDA, host <-> device copy bandwidth. Written to ceilings.json (the env record plus
    the ceilings) and, one row per timed repeat, to measurements.csv.
-2. Batch sweep: for each batch size, `warmup` untimed then `repeats` timed generations of `decode_steps` steps
+2. Batch sweep: for each batch size, untimed generations until the decode steps settle (at least `warmup`), then
+   timed generations of `decode_steps` steps until the medians are tight (measure.RepeatPolicy, at most `repeats`)
    on a synthetic prompt of exactly `prompt_tokens` tokens per sequence (random token ids: the arithmetic does
    not depend on which tokens). Rows prefill_s and decode_step_s follow the shared timing contract
    (batch_size, prompt_tokens, step, use_cache), so the analysis turns them into roofline points.
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -32,7 +34,7 @@ from ...io import staged, write_json
 from ...shapes import Shapes
 from ...timing import timing_method
 from ...tracing import export_gzip_trace, profiled, write_empty_trace
-from ...measure import OutOfMemoryGuard, Run
+from ...measure import OutOfMemoryGuard, RepeatPolicy, Run, repeat_until_tight
 from ...metrics import Measurements, record_generation
 
 from . import NAME as PHASE
@@ -55,15 +57,21 @@ def record_ceilings(rows: Measurements, measured: list) -> dict:
 
 
 def timed_generations(model, input_ids, attention_mask, cfg: dict, rows: Measurements, variant: str,
-                      knobs: dict, desc: str) -> None:
-    """`warmup` untimed, then `repeats` timed generations of decode_steps + 1 tokens (prefill + decode_steps)."""
+                      knobs: dict, desc: str, policy: RepeatPolicy) -> None:
+    """Untimed generations until the decode steps settle, then timed generations of decode_steps + 1 tokens
+    (prefill + decode_steps) until the median of their median decode steps and of their prefills is tight
+    (`policy`: the run-wide adaptive block, the phase's warmup and repeats)."""
     new_tokens = cfg["decode_steps"] + 1
-    for _ in range(cfg["warmup"]):
-        generate(model, input_ids, attention_mask, new_tokens)
-    for repeat in tqdm(range(cfg["repeats"]), desc=desc, unit="run", leave=False):
+    policy.warm_up(lambda: generate(model, input_ids, attention_mask, new_tokens).clock)
+
+    def timed(repeat: int) -> dict:
         generation = generate(model, input_ids, attention_mask, new_tokens)
         record_generation(rows, variant, repeat, generation.clock, int(generation.tokens.shape[1]),
                           request_ids=range(knobs["batch_size"]), **knobs)
+        steps = [span.seconds for span in generation.clock.spans if span.name.startswith("decode_step[")]
+        return {"decode_step_s": float(np.median(steps)), "prefill_s": generation.clock.seconds("prefill")}
+
+    repeat_until_tight(timed, policy, desc=desc)
 
 
 def traced_generation(model, input_ids, attention_mask, cfg: dict, device: str, trace_path, rows: Measurements,
@@ -86,7 +94,8 @@ def batch_sweep(model, vocab: int, cfg: dict, settings: dict, device: str, threa
                  "use_cache": True, "threads": threads}
         with OutOfMemoryGuard(device) as oom:
             input_ids, attention_mask = synthetic_prompts(vocab, batch, prompt_tokens, settings["seed"], device)
-            timed_generations(model, input_ids, attention_mask, cfg, rows, f"b{batch}", knobs, f"d2 batch {batch}")
+            timed_generations(model, input_ids, attention_mask, cfg, rows, f"b{batch}", knobs, f"d2 batch {batch}",
+                              RepeatPolicy(settings, cfg))
             traced_knobs = {**knobs, "max_new_tokens": cfg["trace_decode_steps"] + 1}
             traced_generation(model, input_ids, attention_mask, cfg, device, trace_paths[batch], rows,
                               f"traced_b{batch}", traced_knobs)
@@ -110,7 +119,7 @@ def thread_scaling(model, vocab: int, cfg: dict, settings: dict, device: str, al
             knobs = {"batch_size": 1, "prompt_tokens": cfg["prompt_tokens"],
                      "max_new_tokens": cfg["decode_steps"] + 1, "use_cache": True, "threads": count}
             timed_generations(model, input_ids, attention_mask, cfg, rows, f"threads_{count}", knobs,
-                              f"d2 {count} thread(s)")
+                              f"d2 {count} thread(s)", RepeatPolicy(settings, cfg))
     finally:
         torch.set_num_threads(all_threads)
     return counts
@@ -152,6 +161,7 @@ def run(settings: dict, measurements_path, meta_path, ceilings_path, trace_paths
             "traces": {str(batch): Path(path).name for batch, path in zip(cfg["batch_sizes"], trace_paths)},
             "out_of_memory_batch_sizes": out_of_memory,
             "thread_counts": thread_counts,
+            "repeat_policy": RepeatPolicy(settings, cfg).describe(),
         })
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ...io import staged, write_json
 from ...metrics import headline, per_repeat, profiler_overhead_ratio
-from ...stats import summary_table
+from ...stats import summarize, summary_table
 
 
 def _values(frame: pd.DataFrame, variant: str, metric: str) -> pd.Series:
@@ -76,7 +76,8 @@ def every_request(per_batch: pd.Series, batch_size: int) -> pd.Series:
     return pd.Series(np.repeat(per_batch.to_numpy(dtype=float), batch_size))
 
 
-def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: pd.DataFrame) -> pd.DataFrame:
+def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: pd.DataFrame,
+                max_repeats: int | None = None) -> pd.DataFrame:
     """One row per static batch size: throughput (median and spread over repeats), latency percentiles over the
     requests of every repeat, padding waste, ratios against the smallest batch, and utilisation; an `oom` status
     for a size that ran out of memory."""
@@ -96,6 +97,8 @@ def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: p
             "status": "ok",
             "repeats": int(throughput.size),
             "requests": int(e2e.size),
+            "output_tok_per_s_half_width_ratio": summarize(throughput.tolist()).get("half_width_ratio"),
+            "at_cap": bool(max_repeats is not None and throughput.size >= max_repeats),
             "prompt_tokens": int(static.loc[static["variant"] == variant, "prompt_tokens"].median()),
             "padding_waste_ratio": _median(_values(static, variant, "padding_waste_ratio")),
             "output_tok_per_s_p50": _median(throughput),
@@ -345,7 +348,7 @@ def analyze(settings: dict, measurements_path, timeline_path, telemetry_path, su
     timeline = pd.read_csv(timeline_path)
     telemetry = pd.read_csv(telemetry_path)
     summary = summary_table(measurements, ["variant", "metric", "step"], settings["cv_warn"])
-    batches = batch_table(measurements, timeline, telemetry)
+    batches = batch_table(measurements, timeline, telemetry, settings["d3_batching"]["repeats"])
     dynamic = dynamic_table(measurements, timeline, telemetry, settings["d3_batching"])
     result = findings(measurements, batches, dynamic, telemetry, settings)
     with staged(summary_path, batch_table_path, dynamic_table_path, findings_path) as temps:

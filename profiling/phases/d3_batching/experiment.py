@@ -37,7 +37,7 @@ from ...telemetry import Telemetry
 from ...metrics import Measurements, decode_tok_per_s, output_tok_per_s, record_generation
 from ...timing import StageClock, sync, timing_method
 from ...tracing import export_gzip_trace, profiled, write_empty_trace
-from ...measure import OutOfMemoryGuard, Run, render_prompt
+from ...measure import OutOfMemoryGuard, RepeatPolicy, Run, render_prompt, repeat_until_tight
 
 from . import NAME as PHASE
 TIMELINE_COLUMNS = ["variant", "repeat", "request_id", "batch_index", "batch_size", "run_start_s", "arrival_s",
@@ -154,8 +154,9 @@ def record_reference(rows: Measurements, batch_size: int, repeat: int, timing: d
 
 # ---- 1 + 2: the static sweep with the side-by-side reference --------------------------------------------------
 def timed_engine_batch(model, tokenizer, batch_texts: list[str], cfg: dict, device: str, origin: float,
-                       repeat: int, rows: Measurements, timeline: list[dict]) -> int:
-    """One timed static batch through the engine, recorded; returns its prompt tokens per sequence (padded)."""
+                       repeat: int, rows: Measurements, timeline: list[dict]) -> tuple[int, float]:
+    """One timed static batch through the engine, recorded; returns its prompt tokens per sequence (padded) and
+    its e2e seconds."""
     batch_size = len(batch_texts)
     result = run_batch(model, tokenizer, batch_texts, cfg["max_new_tokens"], device)
     knobs = {"batch_size": batch_size, "prompt_tokens": result.prompt_tokens,
@@ -164,7 +165,7 @@ def timed_engine_batch(model, tokenizer, batch_texts: list[str], cfg: dict, devi
     record_static_batch(rows, static_variant(batch_size), repeat, result, knobs, request_ids)
     add_timeline(timeline, static_variant(batch_size), repeat, 0, result, origin, request_ids, arrivals=None,
                  run_start=result.clock.origin)
-    return result.prompt_tokens
+    return result.prompt_tokens, result.at("detokenize") - result.clock.origin
 
 
 def timed_reference(model, tokenizer, input_ids, attention_mask, cfg: dict, device: str, repeat: int,
@@ -178,8 +179,9 @@ def timed_reference(model, tokenizer, input_ids, attention_mask, cfg: dict, devi
 
 
 def static_sweep(model, tokenizer, texts: list[str], cfg: dict, device: str, origin: float, rows: Measurements,
-                 timeline: list[dict]) -> dict:
-    """Run the static sweep, with `model.generate` beside the engine at the compare sizes. Returns
+                 timeline: list[dict], policy: RepeatPolicy) -> dict:
+    """Run the static sweep, with `model.generate` beside the engine at the compare sizes: per batch size, warm-up
+    until the decode steps settle, then timed repeats until the median e2e is tight (`policy`). Returns
     {"prompt_tokens": {batch_size: padded prompt tokens}, "oom_batch_sizes": [sizes that ran out of memory]}."""
     max_new = cfg["max_new_tokens"]
     prompt_tokens, oom_sizes = {}, []
@@ -188,18 +190,24 @@ def static_sweep(model, tokenizer, texts: list[str], cfg: dict, device: str, ori
         compare = batch_size in cfg["compare_batch_sizes"]
         with OutOfMemoryGuard(device) as oom:
             input_ids, attention_mask = encode_prompts(tokenizer, batch_texts, device)
-            for _ in tqdm(range(cfg["warmup"]), desc=f"d3 warm-up b{batch_size}", unit="batch"):
-                run_batch(model, tokenizer, batch_texts, max_new, device)
+            def warm_up_call():
                 if compare:
                     run_reference(model, tokenizer, input_ids, attention_mask, max_new, device)
-            for repeat in tqdm(range(cfg["repeats"]), desc=f"d3 static b{batch_size}", unit="batch"):
+                return run_batch(model, tokenizer, batch_texts, max_new, device).clock
+
+            policy.warm_up(warm_up_call)
+
+            def timed(repeat: int) -> dict:
                 reference_first = compare and repeat % 2 == 1  # alternate the order, so drift hits both alike
                 if reference_first:
                     timed_reference(model, tokenizer, input_ids, attention_mask, cfg, device, repeat, rows)
-                prompt_tokens[batch_size] = timed_engine_batch(model, tokenizer, batch_texts, cfg, device, origin,
-                                                               repeat, rows, timeline)
+                prompt_tokens[batch_size], e2e_s = timed_engine_batch(model, tokenizer, batch_texts, cfg, device,
+                                                                      origin, repeat, rows, timeline)
                 if compare and not reference_first:
                     timed_reference(model, tokenizer, input_ids, attention_mask, cfg, device, repeat, rows)
+                return {"e2e_s": e2e_s}
+
+            repeat_until_tight(timed, policy, desc=f"d3 static b{batch_size}")
         if oom.hit:
             oom.record(rows, static_variant(batch_size), batch_size=batch_size, max_new_tokens=max_new)
             oom_sizes.append(batch_size)
@@ -371,7 +379,8 @@ def run(settings: dict, measurements_path, meta_path, timeline_path, telemetry_p
 
     origin = time.perf_counter()
     with Telemetry(cfg["telemetry_hz"], device, origin=origin) as telemetry:
-        static = static_sweep(model, tokenizer, texts, cfg, device, origin, rows, timeline)
+        policy = RepeatPolicy(settings, cfg)
+        static = static_sweep(model, tokenizer, texts, cfg, device, origin, rows, timeline, policy)
         # Warm the dynamic run's sequence length and batch shapes once (untimed).
         run_batch(model, tokenizer, texts[:1], dynamic["max_new_tokens"], device)
         for setting in tqdm(settings_list, desc="d3 dynamic runs", unit="run"):
@@ -390,6 +399,7 @@ def run(settings: dict, measurements_path, meta_path, timeline_path, telemetry_p
         sample_times = samples["t_s"].drop_duplicates()
         run_info.write_meta(meta_tmp, {
             "timing_method": timing_method(device),
+            "repeat_policy": policy.describe(),
             "prompts": cfg["prompts"],
             "prompt_texts": texts,
             "static_prompt_tokens": static["prompt_tokens"],

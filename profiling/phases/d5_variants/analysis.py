@@ -17,7 +17,7 @@ Definitions (seconds, bytes, bytes/s, joules):
     decode_tok_per_s       batch / step_p50_s
     achieved_bandwidth     step_weight_bytes / step_p50_s (weights in the variant's own storage, as gpt-fast)
     roof_share             achieved_bandwidth / roof; roof = the highest bandwidth in D2's ceilings.json
-    one_off_s              build_s + (warmup_s - warmup x e2e p50): loading, quantising, compiling, first calls
+    one_off_s              build_s + (warmup_s - warmup calls x e2e p50): loading, quantising, compiling, first calls
     energy_per_token_j     energy_j / (batch x output_tokens), median over repeats
     host_overhead_share    1 - (operator self time in the decode steps) / (decode step wall time), from a trace;
                            compiled variants are built with Inductor's kernel profiling on, so their fused
@@ -71,6 +71,12 @@ def of_setting(rows: pd.DataFrame, variant: str, batch: int) -> pd.DataFrame:
     return rows[(rows["variant"] == variant) & (rows["batch_size"] == batch)]
 
 
+def warmup_calls(rows: pd.DataFrame, variant: str, batch: int, warmup: int) -> float:
+    """Untimed warm-up generations the variant ran at `batch` (the experiment records them; older runs: `warmup`)."""
+    made = one_value(rows, variant, "warmup_calls", batch)
+    return warmup if math.isnan(made) else made
+
+
 def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmup: int,
                 max_repeats: int | None = None) -> dict:
     """One row of the variant table (see the module docstring for every definition)."""
@@ -109,7 +115,7 @@ def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmu
         "threads": int(threads.median()) if len(threads) else None,
         "peak_memory_bytes": one_value(rows, variant, "peak_memory_bytes"),
         "build_s": build_s, "warmup_s": warmup_s,
-        "one_off_s": build_s + max(0.0, warmup_s - warmup * e2e_p50),
+        "one_off_s": build_s + max(0.0, warmup_s - warmup_calls(rows, variant, batch, warmup) * e2e_p50),
         "step_weight_bytes": weight_bytes, "step_kv_bytes": kv_bytes,
         "bytes_ratio": weight_bytes / reference_bytes, "time_ratio": step_p50 / reference_step,
         "achieved_bandwidth_bytes_per_s": achieved,

@@ -6,8 +6,10 @@ copies of the request, so there is no padding).
 1. Build: each configured variant (variants.py) is built from the model files; a variant that cannot run here
    (CUDA-only on a CPU, or a build that fails) gets one `unavailable` row and its reason in meta.json, never a
    crash. Building (load + quantise) is `build_s`; the peak memory of build + warm-up is `peak_memory_bytes`.
-2. Warm-up per batch size: `warmup` untimed generations (torch.compile compiles here): `warmup_s`.
-3. Timed rounds per batch size: `repeats` rounds; each round runs every variant once, the reference included, in an
+2. Warm-up per batch size: untimed generations until the decode steps settle, at least `warmup` (torch.compile
+   compiles here): `warmup_s`, `warmup_calls`.
+3. Timed rounds per batch size until every variant's median decode step is tight (measure.RepeatPolicy: at least
+   the run-wide min_repeats, at most `repeats`); each round runs every variant once, the reference included, in an
    order rotated by one each round, so slow drift of a shared machine falls on all variants alike. Every timed
    generation is recorded by metrics.record_generation; `energy_j` is added where a counter is readable.
 4. Agreement with the reference, per batch size: greedy-token match rate over the request (`token_match_ratio`)
@@ -24,12 +26,13 @@ from __future__ import annotations
 import subprocess
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ...engine import encode_prompts
 from ...io import staged
-from ...measure import Run, render_prompt
+from ...measure import RepeatPolicy, Run, render_prompt, repeat_until_tight
 from ...metrics import RUN_ROW, Measurements, record_generation
 from ...model import load_tokenizer
 from ...timing import StageClock, sync, timing_method
@@ -65,7 +68,8 @@ def kv_bytes_per_step(config, spec: V.Spec, batch: int, prompt_tokens: int, max_
 
 
 # ---- build and warm up -------------------------------------------------------------------------------------------
-def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: dict, rows: Measurements):
+def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: dict, rows: Measurements,
+                   policy: RepeatPolicy):
     """Build variant `name` and run its warm-up generations at every batch size, inside one PeakMemory window.
 
     Returns (Built or None, reason or None, memory method). Rows: build_s, warmup_s per batch size,
@@ -77,12 +81,17 @@ def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: di
     try:
         with PeakMemory(device) as peak:
             built = V.build(name, settings["model"], device)
-            warm_s = {}
+            warm_s, warm_calls = {}, {}
             for batch, (input_ids, attention_mask) in inputs.items():
                 sync(device)
                 start = time.perf_counter()
-                for _ in range(cfg["warmup"]):
-                    built.generate(input_ids, attention_mask, cfg["max_new_tokens"], StageClock(device))
+
+                def call(input_ids=input_ids, attention_mask=attention_mask):
+                    clock = StageClock(device)
+                    built.generate(input_ids, attention_mask, cfg["max_new_tokens"], clock)
+                    return clock
+
+                warm_calls[batch] = policy.warm_up(call)
                 sync(device)
                 warm_s[batch] = time.perf_counter() - start
     except Exception as error:  # noqa: BLE001 - any failure to build or run a variant is a row, not a crash
@@ -94,17 +103,20 @@ def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: di
     rows.add(name, 0, "step_weight_bytes", built.weight_bytes, request_id=RUN_ROW)
     for batch, seconds in warm_s.items():
         rows.add(name, 0, "warmup_s", seconds, request_id=RUN_ROW, batch_size=batch)
+        rows.add(name, 0, "warmup_calls", warm_calls[batch], request_id=RUN_ROW, batch_size=batch)
     return built, None, peak.method
 
 
 # ---- timed rounds ----------------------------------------------------------------------------------------------
 def timed_rounds(built: dict, batch: int, input_ids, attention_mask, cfg: dict, device: str, rows: Measurements,
-                 energy: EnergyMeter, knobs: dict) -> dict:
-    """`repeats` rounds of one generation per variant in rotated order; returns name -> tokens of its first
-    timed generation (batch, max_new_tokens)."""
+                 energy: EnergyMeter, knobs: dict, policy: RepeatPolicy) -> dict:
+    """Rounds of one generation per variant in rotated order until every variant's median decode step is tight
+    (`policy`); returns name -> tokens of its first timed generation (batch, max_new_tokens)."""
     names = list(built)
     first_tokens = {}
-    for repeat in tqdm(range(cfg["repeats"]), desc=f"d5 batch {batch}", unit="round", leave=False):
+
+    def one_round(repeat: int) -> dict:
+        figures = {}
         for name in rotated(names, repeat):
             clock = StageClock(device)
             before = energy.read_j()
@@ -116,6 +128,11 @@ def timed_rounds(built: dict, batch: int, input_ids, attention_mask, cfg: dict, 
             if joules is not None:
                 rows.add(name, repeat, "energy_j", joules, request_id=RUN_ROW, **knobs)
             first_tokens.setdefault(name, tokens)
+            steps = [span.seconds for span in clock.spans if span.name.startswith("decode_step[")]
+            figures[name] = float(np.median(steps)) if steps else clock.end_of("prefill")
+        return figures
+
+    repeat_until_tight(one_round, policy, desc=f"d5 batch {batch}")
     return first_tokens
 
 
@@ -167,10 +184,11 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
     inputs = {batch: batch_inputs(tokenizer, text, batch, device) for batch in cfg["batch_sizes"]}
     prompt_tokens = int(inputs[cfg["batch_sizes"][0]][0].shape[1])
     energy = EnergyMeter(device)
+    policy = RepeatPolicy(settings, cfg)
 
     built, unavailable, memory_method = {}, {}, None
     for name in tqdm(names, desc="d5 build + warm-up", unit="variant"):
-        variant, reason, method = build_and_warm(name, settings, device, inputs, cfg, rows)
+        variant, reason, method = build_and_warm(name, settings, device, inputs, cfg, rows, policy)
         if variant is None:
             unavailable[name] = reason
             rows.add(name, 0, "unavailable", 1, request_id=RUN_ROW)
@@ -184,7 +202,7 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
     for batch, (input_ids, attention_mask) in inputs.items():
         knobs = {"batch_size": batch, "prompt_tokens": prompt_tokens, "max_new_tokens": cfg["max_new_tokens"],
                  "traced": 0}
-        first_tokens = timed_rounds(built, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs)
+        first_tokens = timed_rounds(built, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs, policy)
         record_agreement(built, first_tokens, input_ids, attention_mask, rows, {"batch_size": batch})
         for name, variant in built.items():
             kv = kv_bytes_per_step(variant.model.config, variant.spec, batch, prompt_tokens, cfg["max_new_tokens"])
@@ -216,6 +234,7 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
             "prompt_tokens": prompt_tokens,
             "batch_inputs": "B copies of the request (no padding)",
             "interleaving": "each timed round runs every variant once, order rotated by one per round",
+            "repeat_policy": policy.describe(),
             "outputs_batch1": outputs,
             "memory_method": memory_method,
             "energy_method": energy.method,
