@@ -180,3 +180,24 @@ def test_d2_best_prefill_is_the_best_of_every_phase():
          "achieved_flop_per_s": 1e9, "mfu": 0.01}])
     best = d2.best_prefill(points)
     assert best["source"] == "d3_kvcache" and best["achieved_flop_per_s"] == 219.3e9
+
+
+# ---- the ⚠ marks and their legend follow one flag; verdicts are keys ------------------------------------------
+def test_d2_points_flag_noise_from_the_runs_cv_and_answer_the_question_with_a_key():
+    rows = []
+    for repeat, seconds in enumerate((0.050, 0.060, 0.070)):  # CV ≈ 16.7%
+        rows.append({"source": "d1_request", "variant": "untraced", "stage": "decode", "repeat": repeat,
+                     "request_id": 0, "batch_size": 1, "prompt_tokens": 20, "step": 1, "use_cache": True,
+                     "seconds": seconds, "flops": 1e8, "bytes": 1e9, "context": 21})
+    for repeat, seconds in enumerate((0.050, 0.051, 0.050)):
+        rows.append({"source": "d2_bottlenecks", "variant": "b1", "stage": "decode", "repeat": repeat,
+                     "request_id": 0, "batch_size": 1, "prompt_tokens": 128, "step": 1, "use_cache": True,
+                     "seconds": seconds, "flops": 1e8, "bytes": 1e9, "context": 129})
+    forwards = pd.DataFrame(rows)
+    for column in d2.COST_COLUMNS:
+        if column not in forwards:
+            forwards[column] = 0.0
+    roofs = {"peak_flop_per_s": 1e11, "bandwidth_bytes_per_s": 3e10, "bandwidth_source": "matvec"}
+    points = d2.roofline_points(forwards, roofs, overhead_threshold=0.2, cv_warn=0.10).set_index("source")
+    assert points.loc["d1_request", "noisy"] and not points.loc["d2_bottlenecks", "noisy"]
+    assert points.loc["d1_request", "seconds_cv"] > 0.10

@@ -137,9 +137,11 @@ def verdict(intensity: float, achieved_flop_per_s: float, peak_flop_per_s: float
 POINT_KEYS = ["source", "variant", "stage", "batch_size", "prompt_tokens", "use_cache"]
 
 
-def roofline_points(forwards: pd.DataFrame, roofs: dict, overhead_threshold: float) -> pd.DataFrame:
+def roofline_points(forwards: pd.DataFrame, roofs: dict, overhead_threshold: float,
+                    cv_warn: float = float("inf")) -> pd.DataFrame:
     """One row per point (source, variant, stage, batch_size, prompt_tokens, use_cache): the median over runs
-    of achieved FLOP/s and bytes/s, their range, MFU, MBU, intensity, roof, roof share and verdict."""
+    of achieved FLOP/s and bytes/s, their range, MFU, MBU, intensity, roof, roof share and verdict; has_spread
+    (more than one run) and noisy (the runs' time CV above `cv_warn`: the rows the report marks ⚠)."""
     peak, bandwidth = roofs["peak_flop_per_s"], roofs["bandwidth_bytes_per_s"]
     points = []
     for keys, group in forwards.groupby(POINT_KEYS, sort=True):
@@ -152,6 +154,7 @@ def roofline_points(forwards: pd.DataFrame, roofs: dict, overhead_threshold: flo
         achieved_flops, achieved_bytes = float(flop_rate.median()), float(byte_rate.median())
         label, roof, share = verdict(intensity, achieved_flops, peak, bandwidth, overhead_threshold)
         seconds_per_forward = runs["seconds"] / runs["forwards"]
+        seconds_cv = float(runs["seconds"].std(ddof=1) / runs["seconds"].mean()) if len(runs) > 1 else float("nan")
         points.append({
             **dict(zip(POINT_KEYS, keys)),
             "runs": len(runs),
@@ -159,7 +162,9 @@ def roofline_points(forwards: pd.DataFrame, roofs: dict, overhead_threshold: flo
             "context_min": int(group["context"].min()),
             "context_max": int(group["context"].max()),
             "seconds_per_forward": float(seconds_per_forward.median()),
-            "seconds_cv": float(runs["seconds"].std(ddof=1) / runs["seconds"].mean()) if len(runs) > 1 else float("nan"),
+            "seconds_cv": seconds_cv,
+            "has_spread": len(runs) > 1,
+            "noisy": bool(seconds_cv > cv_warn),
             **{f"{name}_per_forward": float(group[name].sum() / forwards_total) for name in COST_COLUMNS},
             "intensity": float(intensity),
             "achieved_flop_per_s": achieved_flops,
@@ -175,7 +180,8 @@ def roofline_points(forwards: pd.DataFrame, roofs: dict, overhead_threshold: flo
             "verdict": label,
         })
     if not points:  # no timing rows at all (every batch size out of memory): an empty table with its key columns
-        return pd.DataFrame(columns=POINT_KEYS + ["verdict", "mfu", "mbu", "roof_share", "seconds_cv"])
+        return pd.DataFrame(columns=POINT_KEYS + ["verdict", "mfu", "mbu", "roof_share", "seconds_cv", "has_spread",
+                                                  "noisy"])
     return pd.DataFrame(points)
 
 
@@ -363,7 +369,8 @@ def findings(points: pd.DataFrame, breakdown: pd.DataFrame, ceilings: dict, roof
             top_category[key] = {"category": ops["category"], "share_of_wall": float(ops["share_of_wall"])}
     decode_host = host.get(f"decode_step_b{decode['batch_size']}") if decode else None
     verdict_counts = points["verdict"].value_counts().to_dict() if len(points) else {}
-    noisy = points[points["seconds_cv"] > cv_warn] if len(points) else points
+    noisy = points[points["noisy"]] if len(points) else points
+    not_compute_bound = int((points["verdict"] != "compute-bound").sum()) if len(points) else 0
     return {
         "ridge_flop_per_byte": roofs["peak_flop_per_s"] / roofs["bandwidth_bytes_per_s"],
         **roofs,
@@ -373,6 +380,9 @@ def findings(points: pd.DataFrame, breakdown: pd.DataFrame, ceilings: dict, roof
         "largest_batch_decode_point": largest_decode,
         "points": points.to_dict(orient="records"),
         "verdict_counts": verdict_counts,
+        # the answer to "is slow inference always a lack of compute?": "no" when a point is limited by anything else
+        "lack_of_compute_answer": "yes" if len(points) and not_compute_bound == 0 else "no",
+        "points_not_compute_bound": not_compute_bound,
         "verdict_matrix": verdict_matrix(points),
         "host_outside_operators_share": host,
         "decode_host_share": decode_host,
@@ -409,7 +419,7 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, trace_p
         sources[Path(path).parent.name] = pd.read_csv(path)
     forwards = pd.concat([timing_rows(frame, name) for name, frame in sources.items()], ignore_index=True)
     forwards = with_costs(forwards, shapes, bytes_per_element)
-    points = roofline_points(forwards, roofs, cfg["overhead_threshold"])
+    points = roofline_points(forwards, roofs, cfg["overhead_threshold"], settings["cv_warn"])
 
     traces = dict(zip(cfg["batch_sizes"], trace_paths))
     breakdown = pd.concat([breakdown_table(path, shapes, batch) for batch, path in traces.items()],
