@@ -213,19 +213,96 @@ async def _staggered_requests(base_url: str, bodies: list[dict], gap_s: float) -
         return await asyncio.gather(*[send(i, body) for i, body in enumerate(bodies)])
 
 
-def test_continuous_batching_equals_alone_token_for_token(start, tiny_model):
-    server = start(policy="continuous", max_batch=4)
+# KV cache set-ups of the server; each must give every request exactly its tokens alone
+KV_SETUPS = {
+    "slab": {"kv_cache": "slab"},
+    "paged": {"kv_cache": "paged", "max_step_tokens": 0, "prefix_cache": "off"},
+    "chunked": {"kv_cache": "paged", "max_step_tokens": 8, "prefix_cache": "off"},  # prompts span several steps
+    "preempting": {"kv_cache": "paged", "kv_block_size": 4, "kv_blocks": 48, "max_step_tokens": 16},  # too few
+}
+
+
+def assert_blocks_all_free(server) -> None:
+    """After draining: every block is back on the free list and no block has a user."""
+    blocks = server.service.blocks
+    assert blocks.num_free + blocks.num_used == blocks.num_blocks
+    assert blocks.num_free == blocks.num_blocks
+    assert all(block.ref_count == 0 for block in blocks.blocks)
+
+
+@pytest.mark.parametrize("setup", list(KV_SETUPS))
+def test_continuous_batching_equals_alone_token_for_token(start, tiny_model, setup):
+    server = start(policy="continuous", max_batch=4, **KV_SETUPS[setup])
     lengths = [40, 25, 150, 10, 35, 90]  # 150 and 90 outgrow the spare KV columns (kv_slab.py)
     bodies = [{"prompt": prompt, "max_tokens": n, "ignore_eos": True, "return_token_ids": True}
               for prompt, n in zip(PROMPTS, lengths)]
     replies = asyncio.run(_staggered_requests(server.base_url, bodies, gap_s=0.01))
     for prompt, n, reply in zip(PROMPTS, lengths, replies):
         assert reply["choices"][0]["token_ids"] == alone_tokens(tiny_model, prompt, n), prompt
+    samples = metric_samples(server.base_url)
     server.stop()
     steps = spans_module.step_table(server.settings.spans_out)
-    joined = steps[(steps.phase == "prefill") & (steps.running > steps.batch_size)]
-    assert len(joined) > 0, "no request joined a running batch"
     assert steps.batch_size.max() <= 4
+    joined = steps[(steps.phase == "prefill") & (steps.running > steps.batch_size)]
+    if KV_SETUPS[setup].get("max_step_tokens"):  # prompt chunks ran beside decodes, within the step's budget
+        joined = steps[steps.phase == "mixed"]
+        assert steps.tokens_in.max() <= KV_SETUPS[setup]["max_step_tokens"]
+    if setup == "chunked":
+        assert (steps.prompt_tokens_in > 0).sum() > len(PROMPTS)  # some prompt took more than one step
+    assert len(joined) > 0, "no request joined a running batch"
+    if setup == "preempting":
+        assert samples[("llm_preemptions_total", ())] > 0
+        events = spans_module.load_spans(server.settings.spans_out)
+        assert any(e.get("event") == "preempted" for e in events)
+    if setup != "slab":
+        assert_blocks_all_free(server)
+
+
+def test_prefix_cache_reuses_shared_prompt_blocks(start, tiny_model):
+    server = start(policy="continuous", max_batch=4, kv_block_size=4, max_step_tokens=16, prefix_cache="on")
+    system = "You are a careful assistant who answers briefly. "
+    prompts = [system + question for question in ("Why is the sky blue?", "Name a prime.", "Say hi.")]
+    bodies = [{"prompt": p, "max_tokens": 12, "ignore_eos": True, "return_token_ids": True} for p in prompts]
+    first = httpx.post(f"{server.base_url}/v1/completions", json=bodies[0], timeout=60).json()
+    replies = [first] + asyncio.run(_staggered_requests(server.base_url, bodies[1:], gap_s=0.01))
+    for prompt, reply in zip(prompts, replies):
+        assert reply["choices"][0]["token_ids"] == alone_tokens(tiny_model, prompt, 12), prompt
+    samples = metric_samples(server.base_url)
+    server.stop()
+    shared = len(tiny_model[1](system).input_ids) // 4 * 4
+    assert samples[("llm_prefix_cache_hits_total", ())] >= 2 * (shared - 4)
+    assert 0 < samples[("llm_prefix_cache_hit_rate", ())] < 1
+    admitted = [e for e in spans_module.load_spans(server.settings.spans_out) if e.get("event") == "admitted"]
+    assert [e["cached_tokens"] > 0 for e in admitted] == [False, True, True]
+    assert_blocks_all_free(server)
+
+
+def test_block_manager_shares_frees_and_evicts():
+    from profiling.serving.engine.block_manager import BlockManager
+    from profiling.serving.engine.sequence import Sequence
+
+    blocks = BlockManager(num_blocks=6, block_size=4, prefix_caching=True)
+    first = Sequence("a", list(range(10)), max_tokens=4)
+    blocks.allocate(first)
+    assert len(first.block_table) == 3 and first.num_cached_tokens == 0
+    first.num_computed_tokens = 10
+    blocks.commit(first)  # its two full blocks are now keyed
+    second = Sequence("b", list(range(8)) + [99, 98, 97], max_tokens=4)
+    blocks.allocate(second)
+    assert second.block_table[:2] == first.block_table[:2] and second.num_cached_tokens == 8
+    assert [blocks.blocks[i].ref_count for i in first.block_table] == [2, 2, 1]
+    assert blocks.num_used == 4
+    blocks.free(first)
+    blocks.free(second)
+    assert blocks.num_free == 6 and all(block.ref_count == 0 for block in blocks.blocks)
+    third = Sequence("c", list(range(8)) + [5], max_tokens=4)  # freed blocks keep their keys until reused
+    blocks.allocate(third)
+    assert third.num_cached_tokens == 8
+    exact = Sequence("d", list(range(8)), max_tokens=4)  # a whole-prompt hit still computes its last block
+    assert blocks.can_allocate(exact.all_token_ids)
+    blocks.allocate(exact)
+    assert exact.num_cached_tokens == 4
+    assert not blocks.can_allocate(list(range(100, 120)))  # 5 blocks, 3 free
 
 
 @pytest.mark.parametrize("policy", ["static", "dynamic"])

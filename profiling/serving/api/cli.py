@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .settings import POLICIES, TENANT_POLICIES, ServerSettings
+from .settings import KV_CACHES, POLICIES, SWITCHES, TENANT_POLICIES, ServerSettings
 
 HELP = {
     "model": "model name, local directory or cached Hugging Face id",
@@ -18,7 +18,13 @@ HELP = {
     "host": "address to listen on",
     "port": "port (0 = pick a free one and print it)",
     "policy": "scheduling policy: " + " | ".join(POLICIES),
-    "max_batch": "most sequences in one batch",
+    "max_batch": "most sequences in one batch (paged: KV blocks may admit fewer)",
+    "kv_cache": "where keys and values live: " + " | ".join(KV_CACHES),
+    "kv_block_size": "paged: token positions per KV block",
+    "kv_blocks": "paged: blocks in the pool (0: as many as --kv-cache-mib holds)",
+    "kv_cache_mib": "paged: memory for the pool when --kv-blocks is 0 (MiB)",
+    "max_step_tokens": "paged: token budget of a step, decodes first, then prompt chunks (0: no chunking)",
+    "prefix_cache": "paged: share the KV blocks of identical prompt prefixes (on | off)",
     "wait_window_ms": "static: launch after this long without a new request; "
                       "dynamic: once the oldest request waited this long",
     "queue_depth": "most waiting requests; one more gets 429 with Retry-After",
@@ -28,9 +34,10 @@ HELP = {
     "spans_out": "write the server-side span events to this JSONL file",
     "served_model_name": "model name to report in /v1/models (default: --model)",
 }
-CHOICES = {"policy": POLICIES, "tenant_policy": TENANT_POLICIES, "device": ("auto", "cpu", "cuda"),
+CHOICES = {"policy": POLICIES, "tenant_policy": TENANT_POLICIES, "kv_cache": KV_CACHES, "prefix_cache": SWITCHES, "device": ("auto", "cpu", "cuda"),
            "dtype": ("auto", "float32", "bfloat16", "float16")}
-TYPES = {"port": int, "max_batch": int, "queue_depth": int, "tenant_cap": int, "max_tokens_limit": int,
+TYPES = {"port": int, "max_batch": int, "kv_block_size": int, "kv_blocks": int, "kv_cache_mib": int,
+         "max_step_tokens": int, "queue_depth": int, "tenant_cap": int, "max_tokens_limit": int,
          "wait_window_ms": float}
 
 

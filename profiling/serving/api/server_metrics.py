@@ -12,6 +12,13 @@ as in the tests, never collide). Seconds for times, like vLLM's `vllm:*_seconds`
     llm_tpot_seconds                     histogram  (last token - first token) / (output tokens - 1)
     llm_queue_time_seconds               histogram  queued -> admitted into a step
     llm_e2e_seconds                      histogram  arrival -> last token on the host
+    paged KV cache only:
+    llm_kv_blocks_total / _used          gauge      blocks in the pool / owned by a sequence now
+    llm_kv_cache_usage_ratio             gauge      used / total blocks (vLLM: kv_cache_usage_perc)
+    llm_prefix_cache_queries_total       counter    prompt tokens looked up in the prefix cache
+    llm_prefix_cache_hits_total          counter    of those, found there (their prefill was skipped)
+    llm_prefix_cache_hit_rate            gauge      hits / queries since start
+    llm_preemptions_total                counter    sequences that gave their blocks back, to be recomputed
 """
 from __future__ import annotations
 
@@ -43,11 +50,34 @@ class ServerMetrics:
                                     buckets=LATENCY_BUCKETS_S, registry=r)
         self.e2e = Histogram("llm_e2e_seconds", "Arrival to last token on the host", buckets=LATENCY_BUCKETS_S,
                              registry=r)
+        self.kv_blocks_total = Gauge("llm_kv_blocks_total", "KV blocks in the pool", registry=r)
+        self.kv_blocks_used = Gauge("llm_kv_blocks_used", "KV blocks owned by a sequence", registry=r)
+        self.kv_usage = Gauge("llm_kv_cache_usage_ratio", "Used share of the KV blocks", registry=r)
+        self.prefix_queries = Counter("llm_prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                      registry=r)
+        self.prefix_hits = Counter("llm_prefix_cache_hits", "Prompt tokens found in the prefix cache", registry=r)
+        self.prefix_hit_rate = Gauge("llm_prefix_cache_hit_rate", "Prefix cache hits / queries since start",
+                                     registry=r)
+        self.preemptions = Counter("llm_preemptions", "Sequences preempted (blocks given back, recomputed)",
+                                   registry=r)
+        self._prefix_seen = (0, 0)  # (queried, hit) tokens already counted
         self._recent: deque[tuple[float, int]] = deque()  # (perf_counter, tokens) of recent steps
         self._lock = threading.Lock()
         self.tokens_per_s = Gauge("llm_generation_tokens_per_second",
                                   f"Output tokens per second over the last {RATE_WINDOW_S:g} s", registry=r)
         self.tokens_per_s.set_function(self._rate)
+
+    def observe_blocks(self, blocks) -> None:
+        """The block manager's state after a step (block_manager.py)."""
+        self.kv_blocks_total.set(blocks.num_blocks)
+        self.kv_blocks_used.set(blocks.num_used)
+        self.kv_usage.set(blocks.num_used / blocks.num_blocks)
+        queried, hit = self._prefix_seen
+        self.prefix_queries.inc(blocks.queried_tokens - queried)
+        self.prefix_hits.inc(blocks.hit_tokens - hit)
+        self._prefix_seen = (blocks.queried_tokens, blocks.hit_tokens)
+        if blocks.queried_tokens:
+            self.prefix_hit_rate.set(blocks.hit_tokens / blocks.queried_tokens)
 
     def count_tokens(self, tokens: int, now: float) -> None:
         """A step made `tokens` output tokens at perf_counter `now`."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 
 from ...config import apply_threads, resolve_precision
+from ..engine.block_manager import BlockManager
+from ..engine.paged_runner import PagedKVPool, PagedRunner
 from ..engine.scheduler import Scheduler
 from .server_metrics import ServerMetrics
 from .settings import ServerSettings
@@ -60,9 +62,25 @@ class Service:
         self.metrics = ServerMetrics()
         self.spans = SpanLog(settings.spans_out, settings.as_dict())
         queue = WaitingQueue(settings.tenant_policy, settings.queue_depth, settings.tenant_cap)
-        self.scheduler = Scheduler(settings.policy, settings.max_batch, settings.wait_window_ms / 1000, queue)
-        self.worker = Worker(self.engine, self.scheduler, self.metrics, self.spans, threads=self.threads)
+        blocks, runner = None, None
+        if settings.kv_cache == "paged":
+            blocks, runner = self._paged_kv(settings)
+        self.blocks = blocks
+        self.scheduler = Scheduler(settings.policy, settings.max_batch, settings.wait_window_ms / 1000, queue,
+                                   blocks=blocks, max_step_tokens=settings.max_step_tokens)
+        self.worker = Worker(self.engine, self.scheduler, self.metrics, self.spans, threads=self.threads,
+                             runner=runner)
         self.started_unix = int(time.time())
+
+    def _paged_kv(self, settings: ServerSettings) -> tuple[BlockManager, PagedRunner]:
+        """The block pool (kv_blocks, or as many blocks as kv_cache_mib holds), its manager and the runner."""
+        dtype, config = next(self.model.parameters()).dtype, self.model.config
+        block_bytes = PagedKVPool.bytes_per_token(config, dtype) * settings.kv_block_size
+        num_blocks = settings.kv_blocks or max(1, settings.kv_cache_mib * 2**20 // block_bytes)
+        pool = PagedKVPool(config, num_blocks, settings.kv_block_size, dtype, self.engine.device)
+        blocks = BlockManager(num_blocks, settings.kv_block_size, prefix_caching=settings.prefix_cache == "on")
+        self.metrics.observe_blocks(blocks)
+        return blocks, PagedRunner(self.model, pool)
 
     # ---- life cycle -----------------------------------------------------------------------------------------
     def start(self, loop) -> None:
@@ -121,6 +139,11 @@ class Service:
         if max_tokens > limit:
             raise BadRequest(f"max_tokens must be at most {limit} (this server's limit), got {max_tokens}",
                              "max_tokens")
+        if self.blocks is not None and self.blocks.blocks_for(prompt_tokens + max_tokens) > self.blocks.num_blocks:
+            raise BadRequest(f"{prompt_tokens} prompt + {max_tokens} new tokens need "
+                             f"{self.blocks.blocks_for(prompt_tokens + max_tokens)} KV blocks; this server's pool "
+                             f"has {self.blocks.num_blocks} (raise --kv-blocks or --kv-cache-mib, or lower "
+                             "max_tokens)", "max_tokens")
         if prompt_tokens + max_tokens > context:
             raise BadRequest(f"This model's maximum context length is {context} tokens; you asked for "
                              f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} to "

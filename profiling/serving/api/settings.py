@@ -8,6 +8,13 @@ Scheduling policies (what the worker runs next):
                 request has waited `wait_window_ms`; it runs to completion before the next one
     continuous  iteration-level: between two decode steps, waiting requests join the running batch (up to
                 `max_batch` sequences) and finished ones leave at once
+KV cache (where keys and values live):
+    paged       a pool of blocks of `kv_block_size` tokens (`kv_blocks`, or as many as `kv_cache_mib` holds);
+                admission asks for blocks, so memory may lower `max_batch`; with `max_step_tokens` > 0 prompts
+                are cut into chunks that share a step with the running decodes; `prefix_cache` on shares the
+                blocks of identical prompt prefixes; when blocks run out the newest sequence is preempted
+    slab        one left-padded tensor per layer for the whole running batch (prompts run as steps of their
+                own; no chunking, prefix sharing or preemption)
 Tenant policies (who is admitted first):
     fifo        one queue, oldest first
     fair        one queue per tenant, admitted round-robin, at most `tenant_cap` running sequences per tenant
@@ -19,6 +26,8 @@ from dataclasses import asdict, dataclass
 from ...config import EMBEDDED_MODEL, ConfigError
 
 POLICIES = ("static", "dynamic", "continuous")
+KV_CACHES = ("paged", "slab")
+SWITCHES = ("on", "off")
 TENANT_POLICIES = ("fifo", "fair")
 
 
@@ -33,7 +42,13 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000                  # 0 = pick a free port (printed once ready)
     policy: str = "continuous"        # static | dynamic | continuous
-    max_batch: int = 32               # most sequences in one batch
+    max_batch: int = 32               # most sequences in one batch (paged: KV blocks may admit fewer)
+    kv_cache: str = "paged"           # paged | slab
+    kv_block_size: int = 16           # paged: token positions per block
+    kv_blocks: int = 0                # paged: blocks in the pool (0: as many as kv_cache_mib holds)
+    kv_cache_mib: int = 512           # paged: memory for the pool when kv_blocks is 0 (MiB)
+    max_step_tokens: int = 256        # paged: token budget of a step, decodes first, then prompt chunks (0: off)
+    prefix_cache: str = "on"          # paged: on | off, share the KV blocks of identical prompt prefixes
     wait_window_ms: float = 10.0      # static and dynamic launch rule (see the module docstring)
     queue_depth: int = 256            # most waiting requests; one more gets 429
     tenant_policy: str = "fifo"       # fifo | fair
@@ -46,6 +61,10 @@ class ServerSettings:
         """Raise ConfigError naming the first bad setting; return self."""
         if self.policy not in POLICIES:
             raise ConfigError(f"policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.kv_cache not in KV_CACHES:
+            raise ConfigError(f"kv_cache: {self.kv_cache!r} is not one of {', '.join(KV_CACHES)}")
+        if self.prefix_cache not in SWITCHES:
+            raise ConfigError(f"prefix_cache: {self.prefix_cache!r} is not one of on, off")
         if self.tenant_policy not in TENANT_POLICIES:
             raise ConfigError(f"tenant_policy: {self.tenant_policy!r} is not one of {', '.join(TENANT_POLICIES)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -54,11 +73,14 @@ class ServerSettings:
             raise ConfigError(f"dtype: {self.dtype!r} is not one of auto, float32, bfloat16, float16")
         if self.threads != "auto" and (not str(self.threads).isdigit() or int(self.threads) < 1):
             raise ConfigError(f"threads: {self.threads!r} must be auto or a positive integer")
-        for name in ("max_batch", "queue_depth", "max_tokens_limit"):
+        for name in ("max_batch", "queue_depth", "max_tokens_limit", "kv_block_size", "kv_cache_mib"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.wait_window_ms < 0:
             raise ConfigError(f"wait_window_ms: must be >= 0, got {self.wait_window_ms}")
+        for name, zero in (("kv_blocks", "as many as kv_cache_mib holds"), ("max_step_tokens", "no chunking")):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0 (0 = {zero}), got {getattr(self, name)}")
         if self.tenant_cap < 0:
             raise ConfigError(f"tenant_cap: must be >= 0 (0 = no cap), got {self.tenant_cap}")
         if not 0 <= self.port <= 65535:

@@ -1,19 +1,23 @@
 """The scheduler: decides what the worker runs next, one step at a time (after nano-vllm's scheduler).
 
-    waiting  requests not started yet (WaitingQueue: fifo or fair across tenants)
-    running  sequences in the batch, each with its own rows of the KV cache
+    waiting  requests not started yet (WaitingQueue: fifo or fair across tenants; preempted ones go first)
+    running  sequences admitted into the batch
 
-`next_step()` returns one of
-    Step("prefill", new)      admit `new` from the waiting queue: one forward over their prompts
-    Step("decode", running)   one forward that adds one token to every running sequence
-    None                      the server is stopping and nothing is left (the worker exits)
-and blocks while there is nothing to do. Which one depends on the policy:
-    continuous  prefill whenever requests wait and the batch has free slots, else decode
-    static,     decode while a batch runs (run to completion); when it is empty, prefill the next batch once
-    dynamic     its launch rule holds (see settings.py)
+`next_step()` returns a Step, or None once the server is stopping and nothing is left, and blocks while there is
+nothing to do. Admission follows the policy:
+    continuous  whenever requests wait and the batch has room (max_batch sequences, and KV blocks when paged)
+    static,     only when the batch is empty, once the launch rule holds (settings.py); it then runs to
+    dynamic     completion
 
-The front end calls `add` and `cancel` from the asyncio thread; the worker calls `next_step` and `finish`;
-one lock guards both sides.
+With the slab KV cache (no block manager) a step is Step("prefill", admitted) or Step("decode", running).
+With the paged KV cache a step is a list of (sequence, tokens) items, one packed forward:
+    max_step_tokens 0   a prefill-only step while prompts are pending (whole prompts), else a decode step
+    max_step_tokens N   every decode first (1 token each), then prompt chunks until N tokens: pending prompts
+                        in admission order, then new admissions (chunked prefill, mixed rows)
+Before a decode needs a block that is not free, the newest running sequence is preempted: its blocks go back
+and it re-enters the front of the queue, to be recomputed (prompt and output so far) when admitted again.
+
+The front end calls `add` and `cancel` (asyncio thread), the worker `next_step` and `finish`, under one lock.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ from .waiting_queue import WaitingQueue
 
 @dataclass
 class Step:
-    kind: str                 # "prefill" or "decode"
+    kind: str                 # "prefill", "decode" or (paged, with prompt chunks beside decodes) "mixed"
     sequences: list[Sequence]
+    tokens: list[int] | None = None   # paged: tokens to run for each sequence (None: slab)
 
 
 class Stopping(Exception):
@@ -38,8 +43,11 @@ class Stopping(Exception):
 
 class Scheduler:
     def __init__(self, policy: str, max_batch: int, wait_window_s: float, waiting: WaitingQueue,
-                 clock=time.perf_counter):
+                 clock=time.perf_counter, blocks=None, max_step_tokens: int = 0):
         self.policy = policy
+        self.blocks = blocks                      # BlockManager (paged) or None (slab)
+        self.max_step_tokens = max_step_tokens    # paged: token budget of a step (0: prompts run whole, alone)
+        self.preempted: list[Sequence] = []       # preempted since the worker last asked (take_preempted)
         self.max_batch = max_batch
         self.wait_window_s = wait_window_s
         self.waiting = waiting
@@ -81,6 +89,15 @@ class Scheduler:
         with self._changed:
             return len(self.waiting), len(self.running)
 
+    def running_now(self) -> list[Sequence]:
+        with self._changed:
+            return list(self.running)
+
+    def take_preempted(self) -> list[Sequence]:
+        with self._changed:
+            preempted, self.preempted = self.preempted, []
+            return preempted
+
     def next_step(self) -> Step | None:
         """The next step to run; blocks while there is none. None: stopping and nothing left."""
         with self._changed:
@@ -98,9 +115,13 @@ class Scheduler:
             seq.status = Status.FINISHED
             seq.finish_reason = reason
             self.running.remove(seq)
+            if self.blocks is not None:
+                self.blocks.free(seq)
 
     def _schedule(self, now: float) -> tuple[Step | None, float | None]:
         """(the step to run now, or None and how long to wait before asking again: None = until notified)."""
+        if self.blocks is not None:
+            return self._schedule_paged(now)
         if self.policy == "continuous":
             free = self.max_batch - len(self.running)
             if free > 0 and len(self.waiting):
@@ -135,3 +156,67 @@ class Scheduler:
             seq.status = Status.RUNNING
         self.running.extend(admitted)
         return admitted
+
+    # ---- paged KV cache ------------------------------------------------------------------------------------
+    def _schedule_paged(self, now: float) -> tuple[Step | None, float | None]:
+        wait_s = None
+        may_admit = self.policy == "continuous" or not self.running
+        if may_admit and self.policy != "continuous":
+            wait_s = self._launch_due_in(now)
+            may_admit = wait_s is not None and (wait_s <= 0 or self.stopping)
+            wait_s = None if may_admit else wait_s
+        prompts = [seq for seq in self.running if seq.pending_tokens > 1]
+        if not self.max_step_tokens:  # no chunking: prompts run whole, in a step of their own
+            if may_admit:
+                prompts += self._admit_paged(None)
+            if prompts:
+                return Step("prefill", prompts, [seq.pending_tokens for seq in prompts]), None
+        decodes = self._decodes()
+        chunks, budget = [], self.max_step_tokens - len(decodes)
+        for seq in prompts:
+            if budget > 0 and seq in self.running:
+                chunks.append((seq, min(seq.pending_tokens, budget)))
+                budget -= chunks[-1][1]
+        if budget > 0 and may_admit:
+            for seq in self._admit_paged(budget):
+                chunks.append((seq, min(seq.pending_tokens, budget)))
+                budget -= chunks[-1][1]
+        if not decodes and not chunks:
+            return None, wait_s
+        kind = "decode" if not chunks else "mixed" if decodes else "prefill"
+        items = decodes + chunks
+        return Step(kind, [seq for seq, _ in items], [tokens for _, tokens in items]), None
+
+    def _decodes(self) -> list[tuple[Sequence, int]]:
+        """One token for every decoding sequence, each with room for its KV (preempting the newest if needed)."""
+        items = []
+        for seq in [seq for seq in self.running if seq.pending_tokens == 1]:
+            while seq in self.running and not self.blocks.can_append(seq):
+                self._preempt(self.running[-1])
+            if seq in self.running:
+                self.blocks.append(seq)
+                items.append((seq, 1))
+        return items
+
+    def _admit_paged(self, budget: int | None) -> list[Sequence]:
+        """Admit waiting sequences while the batch, the KV blocks and the token budget (None: no limit) allow."""
+        admitted = []
+        while len(self.running) < self.max_batch and (budget is None or budget > 0):
+            seq = self.waiting.peek(Counter(seq.tenant for seq in self.running))
+            if seq is None or not self.blocks.can_allocate(seq.all_token_ids):
+                break
+            self._admit(1)
+            self.blocks.allocate(seq)
+            admitted.append(seq)
+            if budget is not None:
+                budget -= seq.pending_tokens
+        return admitted
+
+    def _preempt(self, seq: Sequence) -> None:
+        """`seq` gives its blocks back and waits at the front of the queue, to be recomputed."""
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.status = Status.WAITING
+        seq.preemptions += 1
+        self.preempted.append(seq)
+        self.waiting.push_front(seq)

@@ -53,6 +53,12 @@ class Sequence:
     first_token_s: float | None = None
     last_token_s: float | None = None
 
+    # paged KV cache (block_manager.py): where its tokens live and how many of them have KV computed
+    block_table: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0      # tokens (prompt, then output) whose keys and values are in the cache
+    num_cached_tokens: int = 0        # of those, taken from the prefix cache at admission
+    preemptions: int = 0              # times its blocks were taken back and its tokens recomputed
+
     @property
     def prompt_tokens(self) -> int:
         return len(self.prompt_ids)
@@ -60,6 +66,16 @@ class Sequence:
     @property
     def output_tokens(self) -> int:
         return len(self.output_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        """Prompt then output: every token whose KV the sequence needs (the newest output's once it is fed)."""
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens still to run through the model before the next token can be picked (1 while decoding)."""
+        return self.prompt_tokens + self.output_tokens - self.num_computed_tokens
 
     @property
     def finished(self) -> bool:

@@ -67,7 +67,7 @@ class SpanLog:
                          "t": time.perf_counter() if t is None else t, **fields})
 
     def step(self, step: int, phase: str, start: float, end: float, **fields) -> None:
-        """One worker step: `phase` prefill or decode, from `start` to `end` (perf_counter seconds)."""
+        """One worker step: `phase` prefill, decode or mixed, from `start` to `end` (perf_counter seconds)."""
         if self._file is not None:
             self._write({"kind": "step", "step": step, "phase": phase, "start": start, "end": end, **fields})
 
@@ -241,13 +241,15 @@ def stage_durations(events: list[dict] | str | Path) -> pd.DataFrame:
 
 
 def step_table(events: list[dict] | str | Path) -> pd.DataFrame:
-    """The worker's steps as a DataFrame: step, phase, start_s (from the first event), seconds, batch_size,
-    tokens_in, waiting, running (queue depth and running batch over time)."""
+    """The worker's steps as a DataFrame: step, phase (prefill, decode, or mixed: prompt chunks beside decodes),
+    start_s (from the first event), seconds, batch_size, tokens_in, prompt_tokens_in, waiting, running (queue
+    depth and running batch over time), kv_bytes_reserved and kv_tokens_held (KV memory against the tokens it
+    holds; NaN where the step did not record them)."""
     if not isinstance(events, list):
         events = load_spans(events)
     origin = _origin(events)
+    columns = ["batch_size", "tokens_in", "prompt_tokens_in", "waiting", "running", "kv_bytes_reserved",
+               "kv_tokens_held"]
     rows = [{"step": e["step"], "phase": e["phase"], "start_s": e["start"] - origin, "seconds": e["end"] - e["start"],
-             "batch_size": e.get("batch_size"), "tokens_in": e.get("tokens_in"), "waiting": e.get("waiting"),
-             "running": e.get("running")} for e in events if e["kind"] == "step"]
-    return pd.DataFrame(rows, columns=["step", "phase", "start_s", "seconds", "batch_size", "tokens_in", "waiting",
-                                       "running"])
+             **{name: e.get(name) for name in columns}} for e in events if e["kind"] == "step"]
+    return pd.DataFrame(rows, columns=["step", "phase", "start_s", "seconds", *columns])

@@ -57,19 +57,24 @@ class StepEngine:
         state.next_positions = state.next_positions + 1
         return out.logits[:, -1, :]
 
-    @torch.inference_mode()
     def pick_tokens(self, logits: torch.Tensor, sequences: list) -> torch.Tensor:
-        """Next token per row (on the model's device): argmax, or a sample for rows with temperature > 0."""
-        logits = logits.float()
-        below_min = [row for row, seq in enumerate(sequences) if seq.output_tokens < seq.min_tokens]
-        if below_min and self.eos_token_ids:
-            rows = torch.tensor(below_min, device=logits.device)
-            logits[rows[:, None], torch.tensor(self.eos_token_ids, device=logits.device)] = float("-inf")
-        tokens = logits.argmax(dim=-1)
-        for row, seq in enumerate(sequences):
-            if seq.temperature > 0:
-                tokens[row] = _sample(logits[row], seq.temperature, seq.top_p)
-        return tokens
+        return pick_tokens(logits, sequences, self.eos_token_ids)
+
+
+@torch.inference_mode()
+def pick_tokens(logits: torch.Tensor, sequences: list, eos_token_ids: list[int]) -> torch.Tensor:
+    """Next token per row (on the model's device): argmax, or a sample for rows with temperature > 0;
+    end-of-sequence is masked for rows below their min_tokens."""
+    logits = logits.float()
+    below_min = [row for row, seq in enumerate(sequences) if seq.output_tokens < seq.min_tokens]
+    if below_min and eos_token_ids:
+        rows = torch.tensor(below_min, device=logits.device)
+        logits[rows[:, None], torch.tensor(eos_token_ids, device=logits.device)] = float("-inf")
+    tokens = logits.argmax(dim=-1)
+    for row, seq in enumerate(sequences):
+        if seq.temperature > 0:
+            tokens[row] = _sample(logits[row], seq.temperature, seq.top_p)
+    return tokens
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -36,6 +36,17 @@ class WaitingQueue:
         self._lines.setdefault(self._line_of(seq), deque()).append(seq)
         self._count += 1
 
+    def push_front(self, seq) -> None:
+        """Put a preempted sequence back at the front of its line (never refused: it was admitted once)."""
+        self._lines.setdefault(self._line_of(seq), deque()).appendleft(seq)
+        self._lines.move_to_end(self._line_of(seq), last=False)
+        self._count += 1
+
+    def peek(self, running: Counter):
+        """The sequence `pop(1, running)` would return, left in place (None when none may be admitted)."""
+        tenant = self._next_tenant(running)
+        return None if tenant is None else self._lines[tenant][0]
+
     def remove(self, seq) -> bool:
         """Take a waiting sequence out (its client went away); False if it is not waiting."""
         line = self._lines.get(self._line_of(seq))

@@ -1,9 +1,10 @@
 """The worker: the one thread that owns the model. Its loop, step after step:
 
     step = scheduler.next_step()          what to run (blocks while there is nothing)
-    prefill(new) or decode(running)       one forward (step_engine), tokens to the host
+    one forward                           paged: the packed step (paged_runner); slab: prefill(new) or
+                                          decode(running) (step_engine); tokens to the host
     hand the tokens to the front end      one call_soon_threadsafe per step onto the asyncio loop
-    finished sequences leave the batch    their KV rows are dropped at once
+    finished sequences leave the batch    their KV (blocks, or slab rows) is freed at once
 
 Every step and every request's part in it are recorded as spans (spans.py) and metrics (server_metrics.py).
 Times are time.perf_counter() seconds.
@@ -17,11 +18,13 @@ import traceback
 
 from .batch_state import BatchState
 from .sequence import Sequence, Status, TokenEvent
+from .step_engine import pick_tokens
 
 
 class Worker:
-    def __init__(self, engine, scheduler, metrics, spans, threads: int | None = None):
+    def __init__(self, engine, scheduler, metrics, spans, threads: int | None = None, runner=None):
         self.engine = engine
+        self.runner = runner                  # PagedRunner (paged KV cache) or None (slab: engine's steps)
         self.threads = threads                # torch intra-op threads for this thread (None: leave as is)
         self.scheduler = scheduler
         self.metrics = metrics
@@ -49,7 +52,10 @@ class Worker:
         while (step := self.scheduler.next_step()) is not None:
             try:
                 self._drop_cancelled()
-                if step.kind == "prefill":
+                self._note_preempted()
+                if step.tokens is not None:
+                    self._paged(step)
+                elif step.kind == "prefill":
                     self._prefill(step.sequences)
                 elif self.state is not None:
                     self._decode()
@@ -59,7 +65,47 @@ class Worker:
             self._update_gauges()
             self.spans.flush()
 
-    # ---- the two steps ------------------------------------------------------------------------------------
+    # ---- the paged step: one packed forward ---------------------------------------------------------------
+    def _paged(self, step) -> None:
+        items = []
+        for seq, tokens in zip(step.sequences, step.tokens, strict=True):
+            if seq.finished:  # cancelled and dropped before this step
+                continue
+            if seq.cancelled:
+                self._finish(seq, "cancelled")
+            else:
+                items.append((seq, tokens))
+        if not items:
+            return
+        index, start = self._next_step_index(), time.perf_counter()
+        for seq, tokens in items:
+            if seq.admitted_s is None:
+                seq.admitted_s = start
+                self.metrics.queue_time.observe(start - seq.queued_s)
+                self.spans.request(seq.request_id, "admitted", t=start, step=index,
+                                   cached_tokens=seq.num_cached_tokens)
+            if not seq.output_ids and seq.num_computed_tokens == seq.num_cached_tokens:
+                self.spans.request(seq.request_id, "prefill_start", t=start, step=index)
+        picked, logits = self.runner.forward(items)
+        for seq, tokens in items:
+            seq.num_computed_tokens += tokens
+            self.scheduler.blocks.commit(seq)
+        host_tokens = pick_tokens(logits, picked, self.engine.eos_token_ids).tolist()
+        ready = time.perf_counter()
+        for seq in picked:  # the first token ends the prefill; later ones are decode steps (or a recompute)
+            if not seq.output_ids or self.spans.enabled:
+                event = "decode_step" if seq.output_ids else "prefill_end"
+                self.spans.request(seq.request_id, event, t=ready, step=index, start=start)
+        prompt_tokens = sum(tokens for _, tokens in items if tokens > 1)
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self._hand_over(picked, host_tokens, ready, index)
+        blocks = self.scheduler.blocks
+        self.spans.step(index, step.kind, start, time.perf_counter(), batch_size=len(items),
+                        tokens_in=sum(tokens for _, tokens in items), prompt_tokens_in=prompt_tokens,
+                        kv_bytes_reserved=blocks.num_used * self.runner.pool.bytes_per_block,
+                        kv_tokens_held=sum(seq.num_computed_tokens for seq, _ in items), **self._counts())
+
+    # ---- the two slab steps ------------------------------------------------------------------------------------
     def _prefill(self, sequences: list[Sequence]) -> None:
         for seq in [s for s in sequences if s.cancelled]:
             self._finish(seq, "cancelled")
@@ -86,7 +132,7 @@ class Worker:
         if state.rows:
             self.state = state if self.state is None else self.state.merge(state)
         self.spans.step(step, "prefill", start, time.perf_counter(), batch_size=len(sequences),
-                        tokens_in=tokens_in, **self._counts())
+                        tokens_in=tokens_in, prompt_tokens_in=tokens_in, **self._slab_kv(), **self._counts())
 
     def _decode(self) -> None:
         state = self.state
@@ -99,11 +145,19 @@ class Worker:
         if self.spans.enabled:
             for seq in state.sequences:
                 self.spans.request(seq.request_id, "decode_step", t=ready, step=step, start=start)
-        batch_size, columns = state.rows, state.columns
+        batch_size, columns, kv = state.rows, state.columns, self._slab_kv()
         self._hand_over(state.sequences, host_tokens, ready, step)
         self._keep_unfinished()
-        self.spans.step(step, "decode", start, time.perf_counter(), batch_size=batch_size,
-                        tokens_in=batch_size, kv_columns=columns, **self._counts())
+        self.spans.step(step, "decode", start, time.perf_counter(), batch_size=batch_size, tokens_in=batch_size,
+                        prompt_tokens_in=0, kv_columns=columns, **kv, **self._counts())
+
+    def _slab_kv(self) -> dict:
+        """Bytes the running batch's slabs reserve (padding and spare columns included) and tokens they hold."""
+        if self.state is None:
+            return {"kv_bytes_reserved": 0, "kv_tokens_held": 0}
+        layers = self.state.cache.layers
+        return {"kv_bytes_reserved": sum(layer.key_slab.nbytes + layer.value_slab.nbytes for layer in layers),
+                "kv_tokens_held": int(self.state.mask.sum())}
 
     # ---- after a step ---------------------------------------------------------------------------------------
     def _hand_over(self, sequences: list[Sequence], tokens: list[int], ready: float, step: int) -> None:
@@ -137,8 +191,19 @@ class Worker:
         if send:
             self._send([(seq, TokenEvent(None, reason, time.perf_counter(), -1, error))])
 
+    def _note_preempted(self) -> None:
+        """Preemptions the scheduler made for this step: a span event and a count each."""
+        for seq in self.scheduler.take_preempted():
+            self.metrics.preemptions.inc()
+            self.spans.request(seq.request_id, "preempted", recomputed_tokens=seq.prompt_tokens + seq.output_tokens)
+
     def _drop_cancelled(self) -> None:
         """Sequences whose client went away leave the batch before the next step (their slot is free now)."""
+        if self.runner is not None:
+            for seq in self.scheduler.running_now():
+                if seq.cancelled and not seq.finished:
+                    self._finish(seq, "cancelled")
+            return
         if self.state is None:
             return
         for seq in self.state.sequences:
@@ -154,7 +219,9 @@ class Worker:
 
     def _fail_all(self, step, message: str) -> None:
         """A forward failed: every sequence of the step and of the running batch ends with an error."""
-        failed = list(step.sequences) + (self.state.sequences if self.state is not None else [])
+        running = self.scheduler.running_now() if self.runner is not None else (
+            self.state.sequences if self.state is not None else [])
+        failed = list(step.sequences) + running
         for seq in failed:
             if not seq.finished:
                 self._finish(seq, "error", error=message)
@@ -182,6 +249,8 @@ class Worker:
         waiting, running = self.scheduler.counts()
         self.metrics.queue_depth.set(waiting)
         self.metrics.running_batch.set(running)
+        if self.scheduler.blocks is not None:
+            self.metrics.observe_blocks(self.scheduler.blocks)
 
 
 def _put_events(events: list[tuple[Sequence, TokenEvent]]) -> None:

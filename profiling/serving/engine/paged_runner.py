@@ -1,0 +1,156 @@
+"""The paged model runner: one packed forward per step over the KV blocks of every scheduled sequence.
+
+A step is a list of (sequence, n) items: run the sequence's next n tokens (n = 1 for a decode, a prompt chunk
+otherwise). Their tokens are packed into one row of T = sum(n) tokens, each with its own position id, and go
+through the model's own modules (transformers), with one change: attention. The model is switched to the
+attention function registered below, which, in every layer,
+
+    writes the step's new keys and values into the pool         (slot = block_table[p // B] * B + p % B)
+    decode rows (n = 1)   one SDPA over all of them at once:   their KV gathered into a (rows, L_max) padded view
+    prompt chunks         one SDPA per chunk: its KV gathered, causal with the chunk's offset
+
+and falls back to the model's original attention when it is called without a step (the offline engine and the
+slab path share the same model object). The choice and its micro-benchmark are in DESIGN.md's serving part.
+
+Logits are computed only for the items that finish their pending tokens (the others are mid-prompt).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+class PagedKVPool:
+    """Keys and values of every layer: (num_blocks * block_size, kv_heads, head_dim) slots each."""
+
+    def __init__(self, config, num_blocks: int, block_size: int, dtype: torch.dtype, device):
+        self.layers = config.num_hidden_layers
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.num_blocks, self.block_size = num_blocks, block_size
+        shape = (num_blocks * block_size, self.kv_heads, self.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.layers)]
+
+    @staticmethod
+    def bytes_per_token(config, dtype: torch.dtype) -> int:
+        """Bytes of KV one token position takes over all layers (keys + values)."""
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+
+    @property
+    def bytes_per_block(self) -> int:
+        return 2 * self.layers * self.block_size * self.kv_heads * self.head_dim * self.keys[0].element_size()
+
+
+@dataclass
+class PagedStep:
+    """What every layer's attention needs to know about the packed step (built once per step)."""
+
+    pool: PagedKVPool
+    write_slots: torch.Tensor          # (T,) pool slot of each new token
+    decode_rows: torch.Tensor          # (D,) packed index of each decode token
+    decode_slots: torch.Tensor         # (D, L_max) pool slots of each decode row's keys (padding: slot 0)
+    decode_valid: torch.Tensor         # (D, 1, 1, L_max) bool: real keys
+    chunks: list                       # (first packed index, tokens, their pool slots (L,), causal mask or None)
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, paged_step=None, **kwargs):
+    """Registered with transformers: paged attention when the forward carries a PagedStep, else the original."""
+    if paged_step is None:
+        original = module.config._paged_fallback
+        function = ALL_ATTENTION_FUNCTIONS[original] if original != "eager" else _eager()
+        return function(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    step, layer = paged_step, module.layer_idx
+    keys, values = step.pool.keys[layer], step.pool.values[layer]
+    keys.index_copy_(0, step.write_slots, key[0].transpose(0, 1).to(keys.dtype))
+    values.index_copy_(0, step.write_slots, value[0].transpose(0, 1).to(values.dtype))
+    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # (T, heads, head_dim)
+    if step.decode_rows.numel():
+        q = query[0, :, step.decode_rows].transpose(0, 1)[:, :, None]          # (D, heads, 1, head_dim)
+        k = keys[step.decode_slots].transpose(1, 2)                             # (D, kv_heads, L_max, head_dim)
+        v = values[step.decode_slots].transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_valid, scale=scaling, enable_gqa=True)
+        out[step.decode_rows] = o[:, :, 0]
+    for first, tokens, slots, mask in step.chunks:
+        q = query[:, :, first:first + tokens]                                  # (1, heads, n, head_dim)
+        k = keys[slots].transpose(0, 1)[None]                                   # (1, kv_heads, L, head_dim)
+        v = values[slots].transpose(0, 1)[None]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling,
+                                           enable_gqa=True)
+        out[first:first + tokens] = o[0].transpose(0, 1)
+    return out[None], None
+
+
+def _eager():
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    return eager_attention_forward
+
+
+def use_paged_attention(model) -> None:
+    """Switch `model` to the paged attention function (its original one stays the fallback)."""
+    original = model.config._attn_implementation or "eager"
+    if original.startswith("paged_over_"):
+        return
+    name = f"paged_over_{original}"
+    AttentionInterface.register(name, _attention)
+    if original in ALL_MASK_ATTENTION_FUNCTIONS:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    model.config._paged_fallback = original
+    model.set_attn_implementation(name)
+
+
+class PagedRunner:
+    """Runs steps of (sequence, n) items over a PagedKVPool; returns the logits of the items that finish."""
+
+    def __init__(self, model, pool: PagedKVPool):
+        self.model, self.pool = model, pool
+        self.device = next(model.parameters()).device
+        use_paged_attention(model)
+
+    @torch.inference_mode()
+    def forward(self, items: list[tuple]) -> tuple[list, torch.Tensor]:
+        """(the sequences that get a next token, their logits (rows, vocab)); the step's KV goes to the pool."""
+        size = self.pool.block_size
+        ids, positions, write_slots, chunks, decodes, keep, picked = [], [], [], [], [], [], []
+        for seq, n in items:
+            start, first = seq.num_computed_tokens, len(ids)
+            token_ids = seq.all_token_ids
+            ids += token_ids[start:start + n]
+            positions += range(start, start + n)
+            slots = [seq.block_table[p // size] * size + p % size for p in range(start + n)]
+            write_slots += slots[start:]
+            if n == 1:
+                decodes.append((first, slots))
+            else:
+                mask = None
+                if start:  # query i sees keys 0 .. start + i
+                    mask = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start).to(self.device)
+                chunks.append((first, n, torch.tensor(slots, device=self.device), mask))
+            if start + n == len(token_ids):
+                keep.append(len(ids) - 1)
+                picked.append(seq)
+        step = PagedStep(self.pool, torch.tensor(write_slots, device=self.device), *self._decode_view(decodes),
+                         chunks=chunks)
+        tensor = torch.tensor
+        out = self.model(input_ids=tensor([ids], device=self.device),
+                         position_ids=tensor([positions], device=self.device), use_cache=False,
+                         logits_to_keep=tensor(keep, dtype=torch.long, device=self.device), paged_step=step)
+        return picked, out.logits[0]
+
+    def _decode_view(self, decodes: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed rows, padded slot matrix and validity mask of the decode rows."""
+        width = max((len(slots) for _, slots in decodes), default=0)
+        rows = torch.tensor([first for first, _ in decodes], dtype=torch.long)
+        padded = torch.zeros((len(decodes), width), dtype=torch.long)
+        valid = torch.zeros((len(decodes), width), dtype=torch.bool)
+        for row, (_, slots) in enumerate(decodes):
+            padded[row, :len(slots)] = torch.tensor(slots)
+            valid[row, :len(slots)] = True
+        return rows.to(self.device), padded.to(self.device), valid[:, None, None, :].to(self.device)
