@@ -5,17 +5,18 @@ count too). The comparison shows each phase's headline figures (findings.json `h
 run — the median with its 95% bootstrap confidence interval — and each run's ratio to the first (baseline) run: the
 ratio of medians with its 95% bootstrap confidence interval. A run without a phase shows "not measured".
 reports/index.html is the latest run's report, with a bar linking every run and the comparison; with a Chinese
-edition, reports/zh/index.html is its Chinese page (reports/index.html too when only Chinese is written).
+edition, reports/zh/index.html is its Chinese page (reports/index.html too when only Chinese is written); without
+one, a reports/zh/ left by an earlier run is removed.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import phases
-from ..io import read_json, staged
+from ..io import read_json
 from ..runs import run_dirs
 from ..stats import bootstrap_median_ci, bootstrap_ratio_ci
-from .render import EDITIONS, html_page, languages, now
+from .pages import EDITIONS, html_page, languages, now, remove_stale_editions, write_all
 from .templating import LANGUAGES, environment, translate
 
 
@@ -138,9 +139,8 @@ def render_comparison(reports: str | Path, tags: list[str] | None = None, latest
     outputs = {reports / "compare.md": markdown_text,
                reports / "compare.html": html_page(jinja, "llm-infer-baseline · runs compared", markdown_text)}
     outputs.update(index_pages(reports, dirs, runs, latest, written))
-    with staged(*outputs) as temps:
-        for temp, text in zip(temps, outputs.values()):
-            temp.write_text(text, encoding="utf-8")
+    write_all(outputs)
+    remove_stale_editions(reports, written)
 
 
 # ---- command line (python -m profiling compare) --------------------------------------------------------------

@@ -13,7 +13,9 @@ import jinja2
 
 from .. import phases
 from ..io import read_json
-from .templating import answer
+from .pages import (HTML_PAGES, MD_PAGES, depth_prefix, edition_dir, html_page, languages, now, other_editions,
+                    rebase, write_all)
+from .templating import LANGUAGES, answer, environment, translate
 
 DONE, TODO = "☑", "☐"
 TABLES = ("checklist", "phases", "sprint")
@@ -71,14 +73,38 @@ def wall(run_dir: str | Path, jinja: jinja2.Environment) -> dict:
     return tables
 
 
+# ---- pages -----------------------------------------------------------------------------------------------------
+def progress_pages(run_dir: Path, language: str, written: tuple[str, ...], stamp: str) -> dict[Path, str]:
+    """One edition's PROGRESS.md and progress.html."""
+    jinja = environment(language)
+    table = wall(run_dir, jinja)
+    folder, prefix = edition_dir(run_dir, language), depth_prefix(language)
+    pages = {}
+    for name, links in (("PROGRESS.md", MD_PAGES), ("progress.html", HTML_PAGES)):
+        text = jinja.get_template("progress.md.j2").render(
+            wall=table, pages=links, generated_at=stamp, editions=other_editions(language, written, name))
+        pages[folder / name] = rebase(text, prefix)
+    html = folder / "progress.html"
+    pages[html] = html_page(jinja, f"llm-infer-baseline · {translate(language, 'progress wall')}", pages[html])
+    return pages
+
+
+def render_progress(run_dir: str | Path, written: tuple[str, ...] = LANGUAGES) -> None:
+    """Write PROGRESS.md and progress.html of every edition from the artifacts now under `run_dir`."""
+    run_dir = Path(run_dir)
+    stamp = now()
+    outputs = {}
+    for language in written:
+        outputs.update(progress_pages(run_dir, language, written, stamp))
+    write_all(outputs)
+
+
 # ---- command line (python -m profiling progress) -------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--run-dir", required=True, help="the run's directory (reports/runs/<run tag>)")
-    parser.add_argument("--language", default="both", choices=("both", "en", "zh"),
+    parser.add_argument("--language", default="both", choices=("both",) + LANGUAGES,
                         help="the editions to write: en, zh (under <run dir>/zh/) or both")
 
 
 def cli(args) -> None:
-    from .render import languages, render_progress
-
     render_progress(args.run_dir, languages(args.language))

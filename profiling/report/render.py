@@ -10,56 +10,18 @@ from __future__ import annotations
 
 import re
 import statistics
-from datetime import datetime, timezone
 from pathlib import Path
 
 import jinja2
-import markdown
 
 from .. import phases
-from ..io import read_json, staged
-from .progress import wall
+from ..io import read_json
+from .pages import (HTML_PAGES, MD_PAGES, depth_prefix, edition_dir, html_page, languages, now, other_editions,
+                    rebase, remove_stale_editions, write_all)
+from .progress import render_progress
 from .templating import LANGUAGES, PHASES_DIR, answer, environment, translate
 
-MD_PAGES = {"report": "report.md", "progress": "PROGRESS.md"}
-HTML_PAGES = {"report": "index.html", "progress": "progress.html"}
-EDITIONS = {"en": "", "zh": "zh/"}  # where each language edition lives inside a run directory
-OWN_FOLDERS = ("records/",)  # an edition writes its own copy of these; figures, data and traces are shared
-EDITION_NAMES = {"en": "English edition", "zh": "中文版"}  # each edition's name, in its own language
 HEADLINES_SHOWN = 3
-
-
-# ---- editions --------------------------------------------------------------------------------------------------
-def languages(setting: str | None) -> tuple[str, ...]:
-    """The editions the config's `language` asks for: "en", "zh" or "both"."""
-    return LANGUAGES if setting in (None, "both") else (setting,)
-
-
-def edition_dir(run_dir: Path, language: str) -> Path:
-    return run_dir / EDITIONS[language]
-
-
-def other_editions(language: str, written: tuple[str, ...], page: str) -> list[dict]:
-    """Links from one edition's `page` to the same page of every other edition written."""
-    up = "../" * EDITIONS[language].count("/")
-    return [{"label": EDITION_NAMES[other], "href": f"{up}{EDITIONS[other]}{page}"}
-            for other in written if other != language]
-
-
-def rebase(markdown_text: str, prefix: str) -> str:
-    """Point the relative links of an edition that lives in a subfolder at the run's shared files: `figures/x.png`
-    -> `../figures/x.png`; the edition's own pages, its own folders and in-page anchors stay."""
-    if not prefix:
-        return markdown_text
-    own = tuple(MD_PAGES.values()) + tuple(HTML_PAGES.values()) + OWN_FOLDERS
-
-    def fix(match: re.Match) -> str:
-        target = match.group(1)
-        if re.match(r"[a-z]+:|[#/]|\.\./", target) or target.split("#")[0] in own or target.startswith(own):
-            return match.group(0)
-        return f"]({prefix}{target})"
-
-    return re.sub(r"\]\(([^)\s]+)\)", fix, markdown_text)
 
 
 def figure_anchors(markdown_text: str) -> str:
@@ -67,48 +29,6 @@ def figure_anchors(markdown_text: str) -> str:
     `<a id="<phase>_waterfall"></a>` in front of it."""
     return re.sub(r"!\[[^\]]*\]\((?:\.\./)*figures/([\w.-]+?)\.png\)",
                   lambda match: f'<a id="{match.group(1)}"></a>{match.group(0)}', markdown_text)
-
-
-def html_page(jinja, title: str, markdown_text: str) -> str:
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", "md_in_html"])
-    return jinja.get_template("page.html.j2").render(title=title, body=body)
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_all(outputs: dict[Path, str]) -> None:
-    """Write every file or none (staged)."""
-    with staged(*outputs) as temps:
-        for temp, text in zip(temps, outputs.values()):
-            temp.write_text(text, encoding="utf-8")
-
-
-# ---- progress wall -------------------------------------------------------------------------------------------
-def progress_pages(run_dir: Path, language: str, written: tuple[str, ...], stamp: str) -> dict[Path, str]:
-    """One edition's PROGRESS.md and progress.html."""
-    jinja = environment(language)
-    table = wall(run_dir, jinja)
-    folder, prefix = edition_dir(run_dir, language), "../" * EDITIONS[language].count("/")
-    pages = {}
-    for name, links in (("PROGRESS.md", MD_PAGES), ("progress.html", HTML_PAGES)):
-        text = jinja.get_template("progress.md.j2").render(
-            wall=table, pages=links, generated_at=stamp, editions=other_editions(language, written, name))
-        pages[folder / name] = rebase(text, prefix)
-    html = folder / "progress.html"
-    pages[html] = html_page(jinja, f"llm-infer-baseline · {translate(language, 'progress wall')}", pages[html])
-    return pages
-
-
-def render_progress(run_dir: str | Path, written: tuple[str, ...] = LANGUAGES) -> None:
-    """Write PROGRESS.md and progress.html of every edition from the artifacts now under `run_dir`."""
-    run_dir = Path(run_dir)
-    stamp = now()
-    outputs = {}
-    for language in written:
-        outputs.update(progress_pages(run_dir, language, written, stamp))
-    write_all(outputs)
 
 
 # ---- report --------------------------------------------------------------------------------------------------
@@ -149,7 +69,7 @@ def glance(section: dict, jinja) -> dict:
 def report_pages(run_dir: Path, context: dict, language: str, written: tuple[str, ...]) -> dict[Path, str]:
     """One edition's records, report.md and index.html."""
     jinja = environment(language)
-    folder, prefix = edition_dir(run_dir, language), "../" * EDITIONS[language].count("/")
+    folder, prefix = edition_dir(run_dir, language), depth_prefix(language)
     context = {**context, "glance": {s["name"]: glance(s, jinja) for s in context["sections"]}}
     outputs = {}
     for section in context["sections"]:
@@ -174,6 +94,7 @@ def render_all(run_dir: str | Path, written: tuple[str, ...] = LANGUAGES) -> Non
     for language in written:
         outputs.update(report_pages(run_dir, context, language, written))
     write_all(outputs)
+    remove_stale_editions(run_dir, written)
     render_progress(run_dir, written)
 
 
