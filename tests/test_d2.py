@@ -13,16 +13,31 @@ from profiling.phases.d2_bottlenecks import analysis
 from profiling.phases.d2_bottlenecks.costs import decode_step_cost, prefill_cost
 from profiling.phases.d2_bottlenecks.op_categories import CATEGORIES, categorize, category_table
 from profiling.trace_ops import operator_table
-from profiling.config import check_config, phase_config
+from profiling.config import check_config, load_config, phase_config
 from profiling.engine import generate
 from profiling.phases.d1_request import experiment as d1_request
 from profiling.phases.d2_bottlenecks import experiment as d2_bottlenecks
 from profiling.metrics import CONTRACT_COLUMNS
 from profiling.model import provision
 from profiling.shapes import Shapes
+from profiling.model import build_tiny_model
 from profiling.tracing import export_gzip_trace, profiled
 
-from tests.conftest import run_dir_of
+from tests.conftest import SMOKE, run_dir_of
+
+
+def trace_events(path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return json.load(f)["traceEvents"]
+
+
+def assert_traced_steps(path, decode_steps: int) -> None:
+    """The trace holds the prefill and `decode_steps` decode-step spans with aten operators under them (an empty
+    trace, which an out-of-memory setting writes, fails this)."""
+    events = trace_events(path)
+    spans = {e["name"] for e in events if e.get("cat") == "user_annotation"}
+    assert {"prefill"} | {f"decode_step[{step}]" for step in range(1, decode_steps + 1)} <= spans, (path, spans)
+    assert sum(e.get("cat") == "cpu_op" for e in events) > 0, path
 
 
 # ---- operator categories ----------------------------------------------------------------------------------------
@@ -72,8 +87,7 @@ def test_lm_head_is_the_linear_with_the_vocabulary(tiny_trace):
 
 
 # ---- roofline points on frames that follow the shared timing contract -------------------------------------------
-SHAPES = Shapes(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16, vocab=259,
-                max_positions=2048, tied_embeddings=False)
+SHAPES = Shapes.from_config(build_tiny_model(seed=0)[0].config)  # the tiny model's shapes, read from its config
 ROOFS = {"peak_flop_per_s": 1e11, "bandwidth_bytes_per_s": 1e10}  # ridge at 10 FLOP/byte
 
 
@@ -165,7 +179,10 @@ def test_d2_writes_its_contract_and_findings(tiny_d2):
     assert ceilings["run_tag"] and ceilings["device"] == "cpu"  # the env record, plus the ceilings
     assert ceilings["ceilings"]["memory_bandwidth"]["bytes_per_s"] > 0
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["notes"]["model_shapes"]["vocab"] == 259 and meta["config"]["d2_bottlenecks"] == settings["d2_bottlenecks"]
+    assert meta["notes"]["model_shapes"]["vocab"] == SHAPES.vocab
+    assert meta["config"]["d2_bottlenecks"] == settings["d2_bottlenecks"]
+    for batch in settings["d2_bottlenecks"]["batch_sizes"]:
+        assert_traced_steps(out / f"decode_b{batch}.json.gz", settings["d2_bottlenecks"]["trace_decode_steps"])
 
     points = pd.read_csv(out / "roofline.csv")
     assert set(points["source"]) == {"d1_request", "d2_bottlenecks"}
@@ -197,10 +214,11 @@ def test_out_of_memory_at_one_batch_size_is_a_data_point(tiny_d2, monkeypatch):
     oom = frame[frame["metric"] == "oom"]
     assert len(oom) == 1 and oom["batch_size"].iloc[0] == 2 and oom["value"].iloc[0] == 1
     assert json.loads((out / "meta.json").read_text())["notes"]["out_of_memory_batch_sizes"] == [2]
-    assert (out / "decode_b2.json.gz").exists()  # an empty trace keeps the outputs complete
+    assert trace_events(out / "decode_b2.json.gz") == []  # an empty trace keeps the outputs complete
+    assert_traced_steps(out / "decode_b1.json.gz", settings["d2_bottlenecks"]["trace_decode_steps"])
     points = pd.read_csv(out / "roofline.csv")
     assert set(points.loc[points["source"] == "d2_bottlenecks", "batch_size"]) == {1}
-    assert answer(environment(), "d2_bottlenecks", findings)
+    assert answer(environment(), "d2_bottlenecks", findings).startswith("decode at batch 1 moves")
 
 
 # ---- the CUDA kernel timeline, on a hand-made trace ---------------------------------------------------------------
@@ -210,9 +228,9 @@ def test_gpu_timeline_and_kernel_categories_from_a_cuda_trace(tmp_path):
     events = [
         {"ph": "X", "cat": "user_annotation", "name": "decode_step[1]", "pid": 1, "tid": 1, "ts": 0, "dur": 100},
         {"ph": "X", "cat": "cpu_op", "name": "aten::linear", "pid": 1, "tid": 1, "ts": 1, "dur": 20,
-         "args": {"Input Dims": [[1, 1, 64], [259, 64], []]}},
+         "args": {"Input Dims": [[1, 1, SHAPES.hidden], [SHAPES.vocab, SHAPES.hidden], []]}},
         {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 2, "dur": 10,
-         "args": {"Input Dims": [[1, 64], [64, 259]]}},
+         "args": {"Input Dims": [[1, SHAPES.hidden], [SHAPES.hidden, SHAPES.vocab]]}},
         {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 3, "dur": 2,
          "args": {"correlation": 7}},
         {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 6, "dur": 2,
@@ -248,6 +266,9 @@ def test_workflow_writes_d2_and_renders_its_section(workflow_run):
                  "traces/d2_bottlenecks/decode_b2.json.gz", "records/d2_bottlenecks.txt",
                  "figures/d2_bottlenecks_roofline.png", "figures/d2_bottlenecks_breakdown.svg", "logs/d2_bottlenecks.log"):
         assert (reports / name).stat().st_size > 0, name
+    for trace in ("decode_b1", "decode_b2"):
+        assert_traced_steps(reports / "traces/d2_bottlenecks" / f"{trace}.json.gz",
+                            load_config(SMOKE)["d2_bottlenecks"]["trace_decode_steps"])
     report = (reports / "report.md").read_text()
     section = report[report.index("## D2"):report.index("## D3")]
     assert "Not yet measured" not in section

@@ -61,10 +61,18 @@ def test_experiment_writes_every_variant_as_rows_or_unavailable(provisioned, mon
     assert match[("reference", 1)] == 1.0 and match[("sdpa", 1)] == 1.0 and match[("static", 2)] == 1.0
     weights = frame[frame["metric"] == "step_weight_bytes"].set_index("variant")["value"]
     assert weights["int8wo_bf16"] < 0.3 * weights["reference"]
-    for path in traces:
+    for name, path in zip(names, traces):
         with gzip.open(path, "rt") as f:
-            assert "traceEvents" in json.load(f)
-    assert len(frame[frame["traced"] == 1]) > 0
+            events = json.load(f)["traceEvents"]
+        if name in unavailable:  # an empty trace that opens, for every declared file
+            assert events == []
+            continue
+        spans = {e["name"] for e in events if e.get("cat") == "user_annotation"}
+        steps = {f"decode_step[{step}]" for step in range(1, settings["d5_variants"]["trace_decode_steps"] + 1)}
+        assert {"prefill"} | steps <= spans, (name, spans)
+        assert any(e.get("cat") == "cpu_op" for e in events), name
+    traced = frame[frame["traced"] == 1]
+    assert set(traced["variant"]) == {"reference", "sdpa", "int8wo_bf16", "static"}
 
 
 def test_eager_sdpa_and_static_cache_give_the_same_greedy_tokens(provisioned):
@@ -160,8 +168,9 @@ def test_analysis_computes_speedups_and_roof_shares_from_hand_made_rows(tmp_path
     assert findings["best_variant"] == "fast"
     assert findings["best_speedup_b1"] == pytest.approx(2.5)
     assert findings["roof_source"] == "memory_read"
-    assert answer(environment(), "d5_variants", findings, "directions")
-    assert [d["line"] for d in findings["directions"]]
+    sentence = answer(environment(), "d5_variants", findings, "directions")
+    assert "the best variant, fast, 2.50× faster" in sentence and "; next: " in sentence
+    assert findings["directions"]
     assert all(d["line"] in ("kernel", "serving", "systems") for d in findings["directions"])
     headrooms = [d["headroom_s_per_token"] for d in findings["directions"]]
     assert headrooms == sorted(headrooms, reverse=True)
@@ -175,4 +184,5 @@ def test_analysis_without_ceilings_says_so(tmp_path):
     outputs = [tmp_path / name for name in ("summary.csv", "variants.csv", "findings.json")]
     d5_analysis.analyze(settings, tmp_path / "measurements.csv", tmp_path / "meta.json", None, [], *outputs)
     findings = json.loads(outputs[2].read_text())
-    assert findings["roof_note"] and answer(environment(), "d5_variants", findings, "directions")
+    assert findings["roof_note"]
+    assert "no bandwidth roof" in answer(environment(), "d5_variants", findings, "directions")

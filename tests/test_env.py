@@ -1,5 +1,6 @@
 import json
 import socket
+import subprocess
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from profiling.config import ConfigError, Precision, check_config
 from profiling.env import collect
 from profiling.runs import plan_runs, run_tag
+from tests.conftest import REPO
 
 
 def test_env_record_describes_this_machine():
@@ -18,7 +20,8 @@ def test_env_record_describes_this_machine():
     assert record["torch_threads"] == torch.get_num_threads()
     assert record["cpu_model"]
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert record["git_commit"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert head and record["git_commit"].removesuffix("-dirty") == head  # this checkout's commit, not "unknown"
     assert record["run_tag"] == "tiny-random_cpu_float32_host"
     json.dumps(record)  # serialisable as env.json
 

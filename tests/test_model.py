@@ -28,8 +28,18 @@ def test_load_in_another_dtype(tmp_path, monkeypatch):
 
 def test_weight_bytes_counts_every_parameter_once(tiny):
     model, _ = tiny
-    expected = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert weight_bytes(model) >= expected
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert weight_bytes(model) == sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_weight_bytes_counts_tied_weights_once():
+    from profiling.model import build_tiny_model
+
+    model, _ = build_tiny_model(seed=0)
+    untied = weight_bytes(model)
+    embedding = model.get_input_embeddings().weight
+    model.lm_head.weight = embedding  # one tensor, two names (as in models with tied embeddings)
+    assert weight_bytes(model) == untied - embedding.numel() * embedding.element_size()
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path):
