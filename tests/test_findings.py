@@ -201,3 +201,23 @@ def test_d2_points_flag_noise_from_the_runs_cv_and_answer_the_question_with_a_ke
     points = d2.roofline_points(forwards, roofs, overhead_threshold=0.2, cv_warn=0.10).set_index("source")
     assert points.loc["d1_request", "noisy"] and not points.loc["d2_bottlenecks", "noisy"]
     assert points.loc["d1_request", "seconds_cv"] > 0.10
+
+
+def test_d3_words_are_chosen_by_the_analysis():
+    assert d3.window_verdict(4.0, 4.1, 2.0, 3.0) == "batch_unchanged"  # the window decided nothing
+    assert d3.window_verdict(2.0, 4.0, 2.0, 2.5) == "wait_paid"
+    assert d3.window_verdict(2.0, 4.0, 2.0, 1.5) == "queue_drained"
+    assert d3.window_verdict(2.0, 4.0, 2.0, 2.05) == "no_clear_change"
+    table = pd.DataFrame([
+        {"batch_size": 1, "status": "ok", "ttft_p50_s": 0.1, "padding_waste_ratio": 0.0, "decode_step_p50_s": 0.05,
+         "utilisation_mean_ratio": 0.5},
+        {"batch_size": 8, "status": "ok", "ttft_p50_s": 0.4, "padding_waste_ratio": 0.3, "decode_step_p50_s": 0.12,
+         "utilisation_mean_ratio": 0.55}])
+    verdicts = d3.static_verdicts(table)
+    assert (verdicts["ttft_trend"], verdicts["padding"], verdicts["utilisation"]) == ("grows", "large", "flat")
+    assert verdicts["top_token_s"] == pytest.approx(0.12 / 8)
+    assert not d3.static_verdicts(table.iloc[:1])["compared"]
+    baseline = pd.Series({"variant": "cap1", "queue_wait_p95_s": 5.0})
+    operating = pd.Series({"variant": "cap8", "queue_wait_p95_s": 0.5})
+    assert d3.queue_verdict(baseline, operating) == "queue_hides_latency"
+    assert d3.queue_verdict(operating, operating) is None

@@ -27,6 +27,12 @@ def _percentile(values: pd.Series, p: float) -> float:
     return float(np.percentile(values, p)) if len(values) else float("nan")
 
 
+PADDING_SMALL = 0.2  # a padding share below this is "a small waste" (prompts of similar length)
+UTILISATION_RISE = 0.1  # utilisation rising by more than this share (absolute) means batching put idle time to work
+WINDOW_BATCH_CHANGE = 0.05  # the mean batch "changed" when it moved by more than this share of its value
+WINDOW_LATENCY_CHANGE = 0.05  # p95 e2e "changed" when it moved by more than this share of its value
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator and math.isfinite(denominator) else float("nan")
 
@@ -125,6 +131,7 @@ def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: p
     if len(ok):
         base = ok.iloc[0]  # the smallest batch size that ran
         table["base_batch_size"] = int(base["batch_size"])
+        table["above_base"] = table["batch_size"] > int(base["batch_size"])
         table["throughput_ratio"] = table["output_tok_per_s_p50"] / base["output_tok_per_s_p50"]
         table["e2e_p95_ratio"] = table["e2e_p95_s"] / base["e2e_p95_s"]
         table["ttft_p50_ratio"] = table["ttft_p50_s"] / base["ttft_p50_s"]
@@ -267,8 +274,50 @@ def baseline_setting(table: pd.DataFrame, grid: dict) -> pd.Series | None:
     return matching if matching is not None else find_setting(table, grid["rate_req_per_s"], 0.0, 1)
 
 
+def window_verdict(mean_batch_low: float, mean_batch_high: float, e2e_p95_low: float, e2e_p95_high: float) -> str:
+    """What widening the window did: batch_unchanged (the mean batch moved by at most WINDOW_BATCH_CHANGE, so the
+    latency difference is noise), wait_paid (p95 e2e up by more than WINDOW_LATENCY_CHANGE), queue_drained (down
+    by more), or no_clear_change."""
+    if abs(mean_batch_high - mean_batch_low) <= WINDOW_BATCH_CHANGE * mean_batch_low:
+        return "batch_unchanged"
+    if e2e_p95_high > (1 + WINDOW_LATENCY_CHANGE) * e2e_p95_low:
+        return "wait_paid"
+    if e2e_p95_high < (1 - WINDOW_LATENCY_CHANGE) * e2e_p95_low:
+        return "queue_drained"
+    return "no_clear_change"
+
+
+def static_verdicts(table: pd.DataFrame) -> dict:
+    """The words the static sweep's conclusion needs, decided here: compared (two batch sizes or more ran),
+    ttft_trend (grows / falls from the smallest to the largest batch), padding (small / large: below
+    PADDING_SMALL or not), utilisation_measured and utilisation (rises / flat: up by more than UTILISATION_RISE)."""
+    ok = table[table["status"] == "ok"] if len(table) else table
+    if len(ok) < 2:
+        return {"compared": False}
+    base, top = ok.iloc[0], ok.iloc[-1]
+    measured = bool(np.isfinite(base["utilisation_mean_ratio"]) and np.isfinite(top["utilisation_mean_ratio"]))
+    return {"compared": True,
+            "ttft_trend": "grows" if top["ttft_p50_s"] > base["ttft_p50_s"] else "falls",
+            "padding": "small" if top["padding_waste_ratio"] < PADDING_SMALL else "large",
+            "utilisation_measured": measured,
+            "utilisation": "rises" if measured and top["utilisation_mean_ratio"] - base["utilisation_mean_ratio"]
+            > UTILISATION_RISE else "flat",
+            "base_token_s": float(base["decode_step_p50_s"] / base["batch_size"]),
+            "top_token_s": float(top["decode_step_p50_s"] / top["batch_size"])}
+
+
+def queue_verdict(baseline: pd.Series | None, operating: pd.Series | None) -> str | None:
+    """queue_hides_latency when no batching waits longer in the queue (p95) than the batcher, else not_shortened;
+    None when there is no distinct baseline."""
+    if baseline is None or operating is None or baseline["variant"] == operating["variant"]:
+        return None
+    return ("queue_hides_latency" if baseline["queue_wait_p95_s"] > operating["queue_wait_p95_s"]
+            else "not_shortened")
+
+
 def window_tradeoff(table: pd.DataFrame) -> list[dict]:
-    """For each cap of the grid: p95 e2e, mean batch and throughput at the smallest and the largest window."""
+    """For each cap of the grid: p95 e2e, mean batch and throughput at the smallest and the largest window, whether
+    the cap batches at all (`batching`: cap > 1) and the verdict (window_verdict)."""
     grid = table[table["role"] == "grid"] if len(table) else table
     results = []
     for cap, rows in grid.groupby("max_batch"):
@@ -280,7 +329,10 @@ def window_tradeoff(table: pd.DataFrame) -> list[dict]:
                         "mean_batch_low": float(first["mean_batch_size"]),
                         "mean_batch_high": float(last["mean_batch_size"]),
                         "tok_per_s_low": float(first["output_tok_per_s_p50"]),
-                        "tok_per_s_high": float(last["output_tok_per_s_p50"])})
+                        "tok_per_s_high": float(last["output_tok_per_s_p50"]),
+                        "batching": int(cap) > 1,
+                        "verdict": window_verdict(float(first["mean_batch_size"]), float(last["mean_batch_size"]),
+                                                  float(first["e2e_p95_s"]), float(last["e2e_p95_s"]))})
     return results
 
 
@@ -319,6 +371,8 @@ def findings(measurements: pd.DataFrame, batches: pd.DataFrame, dynamic: pd.Data
         "operating": None if operating is None else operating.to_dict(),
         "baseline": None if baseline is None else baseline.to_dict(),
         "window_tradeoff": window_tradeoff(dynamic),
+        "static_verdicts": static_verdicts(batches),
+        "queue_verdict": queue_verdict(baseline, operating),
         "slo_ttft_s": cfg["slo_ttft_s"],
         "slo_tpot_s": cfg["slo_tpot_s"],
         "utilisation_metric": utilisation_metric(telemetry),
