@@ -221,3 +221,11 @@ def test_d3_words_are_chosen_by_the_analysis():
     operating = pd.Series({"variant": "cap8", "queue_wait_p95_s": 0.5})
     assert d3.queue_verdict(baseline, operating) == "queue_hides_latency"
     assert d3.queue_verdict(operating, operating) is None
+
+
+def test_d3_kvcache_doubling_is_worded_from_a_key():
+    from profiling.phases.d3_kvcache import analysis as kv
+
+    assert kv.doubling_verdict(350.0) == "from_context"
+    assert kv.doubling_verdict(0.0) == "always"
+    assert kv.doubling_verdict(None) is None

@@ -212,6 +212,14 @@ def trace_overheads(measurements: pd.DataFrame, meta: dict) -> list[dict]:
             for variant, traced in traces]
 
 
+def doubling_verdict(context_tokens: float | None) -> str | None:
+    """from_context when an uncached step costs twice a cached one only past some context (the fitted lines cross
+    a 2x gap at a positive context), always when it does at any context, None without both fits."""
+    if context_tokens is None:
+        return None
+    return "from_context" if context_tokens > 0 else "always"
+
+
 def findings(measurements: pd.DataFrame, meta: dict, cv_warn: float) -> dict:
     """The key numbers the report's text is generated from (seconds, bytes, tokens)."""
     notes, env = meta["notes"], meta["env"]
@@ -253,6 +261,12 @@ def findings(measurements: pd.DataFrame, meta: dict, cv_warn: float) -> dict:
         "fit_cache_on": fit_on,
         "fit_cache_off": fit_off,
         "no_cache_doubles_at_context_tokens": doubling_context(fit_on, fit_off),
+        # words chosen by numbers, decided here (the templates word them):
+        "cache_on_flat": bool(ratios.get("per_token_ratio_cache_on", float("inf")) <= FLAT_TARGET_RATIO),
+        "no_cache_doubles": doubling_verdict(doubling_context(fit_on, fit_off)),
+        "cache_never_cost": bool(len(speedups) and speedups.min() >= 1),
+        "gqa": bool(shapes["heads"] // shapes["kv_heads"] > 1),
+        "one_sequence_outgrows_weights": bool(max_positions and exceeds_weights <= max_positions),
         "tokens_compared_prompts": sorted(int(p) for p in notes["tokens_match"]),
         "tokens_differ_prompts": sorted(int(p) for p, same in notes["tokens_match"].items() if not same),
         "kv_bytes_per_token": per_token,
