@@ -543,3 +543,22 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("quantize", ["int8_weight_only", "int8_dynamic"])
+def test_server_serves_with_quantised_linears(start, tiny_model, quantize):
+    from profiling import quantize as quantizers
+
+    server = start(quantize=quantize, max_step_tokens=8)
+    assert not any(isinstance(m, torch.nn.Linear) for m in server.service.model.modules())  # all swapped
+    reply = httpx.post(f"{server.base_url}/v1/completions", json={"prompt": PROMPTS[3], "max_tokens": 6,
+                                                                  "ignore_eos": True, "return_token_ids": True},
+                       timeout=60).json()
+    if quantize == "int8_weight_only":  # exact against the same quantised model alone
+        import copy
+
+        model = copy.deepcopy(tiny_model[0])
+        quantizers.quantize_int8_weight_only(model, torch.float32)
+        assert reply["choices"][0]["token_ids"] == alone_tokens((model, tiny_model[1]), PROMPTS[3], 6)
+    assert len(reply["choices"][0]["token_ids"]) == 6
+    assert any(isinstance(m, torch.nn.Linear) for m in tiny_model[0].modules())  # the shared model is untouched

@@ -8,6 +8,7 @@ wired together, plus turning a request body into a Sequence (chat template, toke
 """
 from __future__ import annotations
 
+import copy
 import time
 
 from ...config import apply_threads, resolve_precision
@@ -45,6 +46,18 @@ def _eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def _quantized(model, quantize: str):
+    """The model with its linear layers quantised as `quantize` asks (none: unchanged)."""
+    from ... import quantize as quantizers
+
+    if quantize == "int8_dynamic":
+        return quantizers.quantize_int8_dynamic(model)
+    if quantize == "int8_weight_only":
+        model = copy.deepcopy(model)  # in place otherwise: a model handed in (tests) stays as it was
+        quantizers.quantize_int8_weight_only(model, next(model.parameters()).dtype)
+    return model
+
+
 class Service:
     def __init__(self, settings: ServerSettings, model=None, tokenizer=None):
         self.settings = settings.check()
@@ -55,7 +68,7 @@ class Service:
             precision = resolve_precision({"device": settings.device, "dtype": settings.dtype})
             model = load_model(settings.model, precision)
             tokenizer = load_tokenizer(settings.model)
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model, self.tokenizer = _quantized(model.eval(), settings.quantize), tokenizer
         self.context_tokens = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.engine = StepEngine(model, pad_token_id=pad or 0, eos_token_ids=_eos_token_ids(model, tokenizer))

@@ -204,11 +204,14 @@ class SSEParser:
         return "\n".join(data) if data else None
 
 
-def request_payload(model_name: str, prompt: str, settings: LoadSettings, tenant: str) -> dict:
-    """The JSON body of one streaming completion request with a fixed output length."""
+def request_payload(model_name: str, prompt: str, settings: LoadSettings, tenant: str,
+                    output_tokens: int | None = None) -> dict:
+    """The JSON body of one streaming completion request with a fixed output length (the settings' unless
+    `output_tokens` is given)."""
+    output_tokens = output_tokens or settings.output_tokens
     return {
         "model": model_name, "prompt": prompt, "stream": True, "stream_options": {"include_usage": True},
-        "max_tokens": settings.output_tokens, "min_tokens": settings.output_tokens, "ignore_eos": True,
+        "max_tokens": output_tokens, "min_tokens": output_tokens, "ignore_eos": True,
         "temperature": settings.temperature, "user": tenant,
     }
 
@@ -306,8 +309,11 @@ def first_model(base_url: str, timeout_s: float = 10.0) -> str:
 
 
 async def run_load_async(base_url: str, model_name: str, settings: LoadSettings, prompts: list[tuple[str, int]],
-                         label: str = "", tokenizer_id: str = "") -> LoadResult:
-    """Drive the server with one request per prompt on the settings' schedule; see the module docstring."""
+                         label: str = "", tokenizer_id: str = "", arrivals: list[float] | None = None,
+                         output_tokens: list[int] | None = None) -> LoadResult:
+    """Drive the server with one request per prompt on the settings' schedule; see the module docstring.
+    `arrivals` (seconds after the start) and `output_tokens` per request replace the settings' schedule and
+    output length (a scripted workload, e.g. long prompts arriving among running streams)."""
     import httpx
 
     if len(prompts) < settings.num_requests:
@@ -318,7 +324,8 @@ async def run_load_async(base_url: str, model_name: str, settings: LoadSettings,
                                                         # already in a prefix cache
     url = base_url.rstrip("/") + settings.endpoint
     tenants = tenant_sequence(settings.num_requests, settings.tenants, settings.seed)
-    arrivals = arrival_times(settings.num_requests, settings.request_rate, settings.burstiness, settings.seed)
+    if arrivals is None:
+        arrivals = arrival_times(settings.num_requests, settings.request_rate, settings.burstiness, settings.seed)
     limits = httpx.Limits(max_connections=settings.max_concurrency, max_keepalive_connections=None)
     timeout = httpx.Timeout(settings.timeout_s, connect=30.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
@@ -335,7 +342,8 @@ async def run_load_async(base_url: str, model_name: str, settings: LoadSettings,
         async def one(index: int, arrived: float, run_start: float) -> RequestRecord:
             prompt, length = prompts[index]
             record = RequestRecord(request_id=index, tenant=tenants[index], prompt_tokens=length)
-            payload = request_payload(model_name, prompt, settings, record.tenant)
+            payload = request_payload(model_name, prompt, settings, record.tenant,
+                                      output_tokens[index] if output_tokens else None)
             headers = {"X-Tenant": record.tenant, "X-Request-Id": f"load-{index}"}
             if slots is None:
                 return await send_request(client, url, payload, record, headers, run_start)
