@@ -125,3 +125,23 @@ def cli(args) -> None:
                      args.settings["model"])
     with staged(args.out) as (tmp,):
         write_json(tmp, record)
+
+
+def phase_wall_times(run_dir, phase_names) -> list[dict]:
+    """How long each phase's experiment took, from its meta.json (data/<phase>/meta.json): phase, started_at and
+    ended_at (UTC, ISO 8601) and wall_s (seconds, end - start); phases not yet measured are left out."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for name in phase_names:
+        path = Path(run_dir) / "data" / name / "meta.json"
+        if not path.exists():
+            continue
+        meta = json.loads(path.read_text())
+        start, end = meta.get("started_at"), meta.get("ended_at")
+        if not (start and end):
+            continue
+        wall = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+        rows.append({"phase": name, "started_at": start, "ended_at": end, "wall_s": wall})
+    return rows

@@ -135,3 +135,38 @@ def headline(label: str, values, unit: str, better: str) -> dict:
     """A headline figure of a phase for findings.json: its per-repeat samples (so runs can be compared with a
     confidence interval), unit, and whether `higher` or `lower` is better."""
     return {"label": label, "values": [float(v) for v in values], "unit": unit, "better": better}
+
+
+def energy_per_token(rows: pd.DataFrame, meter_note: dict) -> dict:
+    """Energy per generated token of a phase's timed generations: per repeat, energy_j / (output_tokens x
+    batch_size) (joules per token), and its median with n; or, when no energy counter was readable, the reason.
+    `meter_note` is what the experiment recorded: {"method": …, "missing": … (the reason, None when measured)}.
+    Returns {"per_token_j", "n", "method", "missing"} (per_token_j None when not measured)."""
+    energy = rows[rows["metric"] == "energy_j"]
+    values = []
+    for repeat, joules in energy.groupby("repeat")["value"].sum().items():
+        of_repeat = rows[rows["repeat"] == repeat]
+        tokens = of_repeat.loc[of_repeat["metric"] == "output_tokens", "value"].median()
+        batch = of_repeat["batch_size"].median() if "batch_size" in of_repeat else 1
+        if tokens and batch and tokens == tokens:
+            values.append(float(joules) / (float(tokens) * float(batch)))
+    measured = bool(values)
+    return {"per_token_j": float(pd.Series(values).median()) if measured else None, "n": len(values),
+            "method": meter_note.get("method") if measured else None,
+            "missing": None if measured else (meter_note.get("missing") or "no energy counter was read")}
+
+
+def energy_meter(measurements_path) -> dict:
+    """The energy meter a phase's experiment used, from the meta.json written beside its measurements.csv by the
+    same step (notes.energy: {"method", "missing"}); {} for a run made before energy was recorded."""
+    import json
+    from pathlib import Path
+
+    meta = Path(measurements_path).parent / "meta.json"
+    return json.loads(meta.read_text()).get("notes", {}).get("energy", {}) if meta.exists() else {}
+
+
+def record_energy(rows: Measurements, variant: str, repeat: int, joules, **knobs) -> None:
+    """The `energy_j` row of one timed generation (nothing when the meter gave no reading)."""
+    if joules is not None:
+        rows.add(variant, repeat, "energy_j", joules, request_id=RUN_ROW, **knobs)

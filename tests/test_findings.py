@@ -229,3 +229,32 @@ def test_d3_kvcache_doubling_is_worded_from_a_key():
     assert kv.doubling_verdict(350.0) == "from_context"
     assert kv.doubling_verdict(0.0) == "always"
     assert kv.doubling_verdict(None) is None
+
+
+# ---- energy per token where a meter exists, else the meter that is missing; wall time per phase ------------------
+def test_energy_per_token_or_the_missing_meter():
+    from profiling.metrics import energy_per_token
+
+    rows = Measurements("d3_batching")
+    for repeat, joules in enumerate((8.0, 12.0, 10.0)):
+        rows.add("static_b4", repeat, "output_tokens", 10, request_id=-1, batch_size=4)
+        rows.add("static_b4", repeat, "energy_j", joules, request_id=-1, batch_size=4)
+    measured = energy_per_token(rows.frame(), {"method": "RAPL", "missing": None})
+    assert measured["per_token_j"] == pytest.approx(10.0 / 40) and measured["n"] == 3
+    without = rows.frame()
+    without = without[without["metric"] != "energy_j"]
+    missing = energy_per_token(without, {"method": None, "missing": "no RAPL powercap counters"})
+    assert missing["per_token_j"] is None and missing["missing"] == "no RAPL powercap counters"
+
+
+def test_phase_wall_times_come_from_each_meta(tmp_path):
+    import json
+
+    from profiling.env import phase_wall_times
+
+    for name, start, end in (("d1_request", "2026-01-01T00:00:00+00:00", "2026-01-01T00:01:30+00:00"),
+                             ("d5_variants", "2026-01-01T00:02:00+00:00", "2026-01-01T00:10:00+00:00")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "meta.json").write_text(json.dumps({"started_at": start, "ended_at": end}))
+    rows = phase_wall_times(tmp_path, ["d1_request", "d2_bottlenecks", "d5_variants"])
+    assert [(row["phase"], row["wall_s"]) for row in rows] == [("d1_request", 90.0), ("d5_variants", 480.0)]

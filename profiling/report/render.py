@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 
 from .. import phases
+from ..env import phase_wall_times
 from ..io import read_json
 from .pages import (HTML_PAGES, MD_PAGES, depth_prefix, edition_dir, html_page, languages, now, other_editions,
                     rebase, remove_stale_editions, write_all)
@@ -89,7 +90,8 @@ def render_all(run_dir: str | Path, written: tuple[str, ...] = LANGUAGES) -> Non
     """Write every report file of one run in each language of `written` (figures first, then records, report
     pages and progress wall)."""
     run_dir = Path(run_dir)
-    context = {"env": read_json(run_dir / "env.json"), "sections": sections(run_dir), "generated_at": now()}
+    context = {"env": read_json(run_dir / "env.json"), "sections": sections(run_dir), "generated_at": now(),
+               "wall_times": phase_wall_times(run_dir, phases.PHASES)}
     outputs = {}
     for language in written:
         outputs.update(report_pages(run_dir, context, language, written))

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from ... import model as models
 from ...engine import encode_prompts, generate
 from ...io import staged
-from ...metrics import Measurements, record_generation
+from ...metrics import Measurements, record_energy, record_generation
+from ...telemetry import EnergyMeter
 from ...timing import StageClock, sync, timing_method
 from ...tracing import export_gzip_trace, profiled
 from ...measure import RepeatPolicy, Run, render_prompt, repeat_until_tight, timed_loads
@@ -70,12 +71,16 @@ def run(settings: dict, measurements_path, meta_path, trace_path) -> None:
     warmup_calls = policy.warm_up(lambda: one_request(model, tokenizer, text, max_new, cfg, device,
                                                       generator=generator)[0])
     last = {}
+    energy = EnergyMeter(device)
 
     def timed_request(repeat: int) -> dict:
+        before = energy.read_j()
         clock, tokens, last["text"], last["prompt_tokens"] = one_request(model, tokenizer, text, max_new, cfg,
                                                                          device, generator=generator)
+        joules = energy.joules_between(before, energy.read_j())
         knobs = {"batch_size": 1, "prompt_tokens": last["prompt_tokens"], "max_new_tokens": max_new}
         figures = record_generation(rows, "untraced", repeat, clock, len(tokens), **knobs)
+        record_energy(rows, "untraced", repeat, joules, **knobs)
         steps = [span.seconds for span in clock.spans if span.name.startswith("decode_step[")]
         return {"decode_step_s": float(np.median(steps)) if steps else figures["e2e_s"], "e2e_s": figures["e2e_s"],
                 "ttft_s": figures["ttft_s"]}
@@ -117,6 +122,7 @@ def run(settings: dict, measurements_path, meta_path, trace_path) -> None:
             "repeat_policy": policy.describe(),
             "warmup_calls": warmup_calls,
             "repeats_made": repeats_made,
+            "energy": {"method": energy.method, "missing": energy.reason},
             "trace_decode_steps": cfg["trace_decode_steps"],
         })
 

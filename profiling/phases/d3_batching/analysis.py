@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ...io import staged, write_json
-from ...metrics import headline, per_repeat, profiler_overhead_ratio
+from ...metrics import energy_meter, energy_per_token, headline, per_repeat, profiler_overhead_ratio
 from ...stats import summarize, summary_table
 
 
@@ -122,6 +122,7 @@ def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: p
             "prefill_p50_s": _median(_values(static, variant, "prefill_s")),
             "decode_step_p50_s": _median(_values(static, variant, "decode_step_s")),
             "decode_tok_per_s_p50": _median(_values(static, variant, "decode_tok_per_s")),
+            "energy_per_token_j": energy_per_token(static[static["variant"] == variant], {})["per_token_j"],
             "utilisation_mean_ratio": mean_in_spans(utilisation, variant_spans(timeline, variant, whole_run=False)),
             "profiler_overhead_ratio": profiler_overhead_ratio(measurements, f"traced_b{int(batch_size)}",
                                                                f"static_b{int(batch_size)}"),
@@ -338,7 +339,7 @@ def window_tradeoff(table: pd.DataFrame) -> list[dict]:
 
 # ---- findings -----------------------------------------------------------------------------------------------
 def findings(measurements: pd.DataFrame, batches: pd.DataFrame, dynamic: pd.DataFrame, telemetry: pd.DataFrame,
-             settings: dict) -> dict:
+             settings: dict, meter: dict | None = None) -> dict:
     """The key numbers and sentences the report's text is generated from."""
     cfg = settings["d3_batching"]
     grid = cfg["dynamic"]
@@ -372,6 +373,10 @@ def findings(measurements: pd.DataFrame, batches: pd.DataFrame, dynamic: pd.Data
         "baseline": None if baseline is None else baseline.to_dict(),
         "window_tradeoff": window_tradeoff(dynamic),
         "static_verdicts": static_verdicts(batches),
+        # joules per output token at the largest static batch that ran, or the meter that is missing
+        "energy": {**energy_per_token(static[static["variant"] == f"static_b{int(ok.iloc[-1]['batch_size'])}"]
+                                      if len(ok) else static.iloc[:0], meter or {}),
+                   "batch_size": int(ok.iloc[-1]["batch_size"]) if len(ok) else None},
         "queue_verdict": queue_verdict(baseline, operating),
         "slo_ttft_s": cfg["slo_ttft_s"],
         "slo_tpot_s": cfg["slo_tpot_s"],
@@ -404,7 +409,7 @@ def analyze(settings: dict, measurements_path, timeline_path, telemetry_path, su
     summary = summary_table(measurements, ["variant", "metric", "step"], settings["cv_warn"])
     batches = batch_table(measurements, timeline, telemetry, settings["d3_batching"]["repeats"])
     dynamic = dynamic_table(measurements, timeline, telemetry, settings["d3_batching"])
-    result = findings(measurements, batches, dynamic, telemetry, settings)
+    result = findings(measurements, batches, dynamic, telemetry, settings, energy_meter(measurements_path))
     with staged(summary_path, batch_table_path, dynamic_table_path, findings_path) as temps:
         summary_tmp, batch_tmp, dynamic_tmp, findings_tmp = temps
         summary.to_csv(summary_tmp, index=False)

@@ -33,8 +33,8 @@ from ...batching import (DynamicBatcher, Request, burst_arrivals, padding_waste_
 from ...config import ConfigError
 from ...engine import encode_prompts, generate
 from ...io import staged
-from ...telemetry import Telemetry
-from ...metrics import Measurements, decode_tok_per_s, output_tok_per_s, record_generation
+from ...telemetry import EnergyMeter, Telemetry
+from ...metrics import Measurements, decode_tok_per_s, output_tok_per_s, record_energy, record_generation
 from ...timing import StageClock, sync, timing_method
 from ...tracing import export_gzip_trace, profiled, write_empty_trace
 from ...measure import OutOfMemoryGuard, RepeatPolicy, Run, render_prompt, repeat_until_tight
@@ -154,15 +154,18 @@ def record_reference(rows: Measurements, batch_size: int, repeat: int, timing: d
 
 # ---- 1 + 2: the static sweep with the side-by-side reference --------------------------------------------------
 def timed_engine_batch(model, tokenizer, batch_texts: list[str], cfg: dict, device: str, origin: float,
-                       repeat: int, rows: Measurements, timeline: list[dict]) -> tuple[int, float]:
-    """One timed static batch through the engine, recorded; returns its prompt tokens per sequence (padded) and
-    its e2e seconds."""
+                       repeat: int, rows: Measurements, timeline: list[dict], energy: EnergyMeter) -> tuple[int, float]:
+    """One timed static batch through the engine, recorded (with its energy_j where a meter is readable); returns
+    its prompt tokens per sequence (padded) and its e2e seconds."""
     batch_size = len(batch_texts)
+    before = energy.read_j()
     result = run_batch(model, tokenizer, batch_texts, cfg["max_new_tokens"], device)
+    joules = energy.joules_between(before, energy.read_j())
     knobs = {"batch_size": batch_size, "prompt_tokens": result.prompt_tokens,
              "max_new_tokens": cfg["max_new_tokens"], "use_cache": True}
     request_ids = list(range(batch_size))
     record_static_batch(rows, static_variant(batch_size), repeat, result, knobs, request_ids)
+    record_energy(rows, static_variant(batch_size), repeat, joules, **knobs)
     add_timeline(timeline, static_variant(batch_size), repeat, 0, result, origin, request_ids, arrivals=None,
                  run_start=result.clock.origin)
     return result.prompt_tokens, result.at("detokenize") - result.clock.origin
@@ -179,7 +182,7 @@ def timed_reference(model, tokenizer, input_ids, attention_mask, cfg: dict, devi
 
 
 def static_sweep(model, tokenizer, texts: list[str], cfg: dict, device: str, origin: float, rows: Measurements,
-                 timeline: list[dict], policy: RepeatPolicy) -> dict:
+                 timeline: list[dict], policy: RepeatPolicy, energy: EnergyMeter) -> dict:
     """Run the static sweep, with `model.generate` beside the engine at the compare sizes: per batch size, warm-up
     until the decode steps settle, then timed repeats until the median e2e is tight (`policy`). Returns
     {"prompt_tokens": {batch_size: padded prompt tokens}, "oom_batch_sizes": [sizes that ran out of memory]}."""
@@ -202,7 +205,7 @@ def static_sweep(model, tokenizer, texts: list[str], cfg: dict, device: str, ori
                 if reference_first:
                     timed_reference(model, tokenizer, input_ids, attention_mask, cfg, device, repeat, rows)
                 prompt_tokens[batch_size], e2e_s = timed_engine_batch(model, tokenizer, batch_texts, cfg, device,
-                                                                      origin, repeat, rows, timeline)
+                                                                      origin, repeat, rows, timeline, energy)
                 if compare and not reference_first:
                     timed_reference(model, tokenizer, input_ids, attention_mask, cfg, device, repeat, rows)
                 return {"e2e_s": e2e_s}
@@ -379,8 +382,8 @@ def run(settings: dict, measurements_path, meta_path, timeline_path, telemetry_p
 
     origin = time.perf_counter()
     with Telemetry(cfg["telemetry_hz"], device, origin=origin) as telemetry:
-        policy = RepeatPolicy(settings, cfg)
-        static = static_sweep(model, tokenizer, texts, cfg, device, origin, rows, timeline, policy)
+        policy, energy = RepeatPolicy(settings, cfg), EnergyMeter(device)
+        static = static_sweep(model, tokenizer, texts, cfg, device, origin, rows, timeline, policy, energy)
         # Warm the dynamic run's sequence length and batch shapes once (untimed).
         run_batch(model, tokenizer, texts[:1], dynamic["max_new_tokens"], device)
         for setting in tqdm(settings_list, desc="d3 dynamic runs", unit="run"):
@@ -400,6 +403,7 @@ def run(settings: dict, measurements_path, meta_path, timeline_path, telemetry_p
         run_info.write_meta(meta_tmp, {
             "timing_method": timing_method(device),
             "repeat_policy": policy.describe(),
+            "energy": {"method": energy.method, "missing": energy.reason},
             "prompts": cfg["prompts"],
             "prompt_texts": texts,
             "static_prompt_tokens": static["prompt_tokens"],

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ...io import read_json, staged, write_json
-from ...metrics import headline, per_repeat, profiler_overhead_ratio
+from ...metrics import energy_per_token, headline, per_repeat, profiler_overhead_ratio
 from ...stats import bootstrap_ratio_ci, summarize, summary_table
 from ...trace_ops import operator_table, stage_spans  # the one import of the trace helpers
 from ..d2_bottlenecks.roof import bandwidth_roof as roof_bandwidth  # the machine's one roof
@@ -248,6 +248,8 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
                         "batch_gain": per_token_small / per_token_large, "ideal_gain": large / small}})
     if (threads_variant, small) in at.index and at.loc[(threads_variant, small)]["available"]:
         found.append(thread_scaling_direction(at.loc[(threads_variant, small)], reference_row))
+    for item in found:  # the variant whose headroom it is
+        item["variant"] = item["numbers"].get("variant", item["numbers"].get("best_variant", best))
     return sorted(found, key=lambda item: item["headroom_s_per_token"], reverse=True)
 
 
@@ -317,6 +319,10 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
         "targets": {"speedup_b1": cfg.get("target_speedup", 2.5), "roof_share_b1": cfg.get("target_roof_share", 0.7)},
         "unavailable": meta["notes"].get("unavailable", {}),
         "energy_note": meta["notes"].get("energy_unavailable_reason"),
+        # joules per output token of the best variant at the smallest batch, or the meter that is missing
+        "energy": {**energy_per_token(best_b1, {"method": meta["notes"].get("energy_method"),
+                                                "missing": meta["notes"].get("energy_unavailable_reason")}),
+                   "variant": best, "batch_size": small},
         "memory_method": meta["notes"].get("memory_method"),
         "cpu_capability": meta["notes"].get("cpu_capability"),
         "cuda_capability": meta["notes"].get("cuda_capability"),

@@ -4,22 +4,19 @@ Peak memory (bytes above the level just before the block):
     cuda   torch.cuda.max_memory_allocated after reset_peak_memory_stats (the caching allocator's peak)
     cpu    the process's peak resident set (VmHWM in /proc/self/status) after resetting it through
            /proc/self/clear_refs; where that reset is refused, psutil's RSS sampled every 5 ms by a thread
-Energy (joules):
-    cuda   NVML's total energy counter of the GPU (millijoules since the driver loaded)
-    cpu    the Linux RAPL package counters /sys/class/powercap/intel-rapl:<n>/energy_uj (microjoules), summed over
-           packages, when present and readable
+Energy (joules): telemetry.EnergyMeter (NVML on a GPU, RAPL powercap counters on a CPU), shared by every phase.
 """
 from __future__ import annotations
 
-import glob
 import threading
 from pathlib import Path
 
 import psutil
 
+from ...telemetry import EnergyMeter  # noqa: F401 - the shared energy counter, used by D5's experiment
+
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
-RAPL_GLOB = "/sys/class/powercap/intel-rapl:[0-9]*"
 
 
 # ---- peak memory -------------------------------------------------------------------------------------------------
@@ -93,69 +90,3 @@ class PeakMemory:
             peak = self._sampled_peak
         self.delta_bytes = max(0, peak - self._start)
 
-
-# ---- energy ------------------------------------------------------------------------------------------------------
-class EnergyMeter:
-    """Reads a cumulative energy counter: `read_j()` gives joules (or None); `reason` says why none is readable."""
-
-    def __init__(self, device: str):
-        self.reason = None
-        self.method = None
-        self._nvml = None
-        self._rapl: list[tuple[Path, float]] = []
-        if device.startswith("cuda"):
-            self._open_nvml(device)
-        else:
-            self._open_rapl()
-
-    def _open_nvml(self, device: str) -> None:
-        from ...telemetry import open_nvml
-
-        reader = open_nvml(device)
-        if reader is None:
-            self.reason = "NVML is not available (nvidia-ml-py missing or the driver does not answer)"
-            return
-        try:
-            reader.pynvml.nvmlDeviceGetTotalEnergyConsumption(reader.handle)
-            self._nvml = reader
-            self.method = "NVML nvmlDeviceGetTotalEnergyConsumption (GPU board, mJ)"
-        except Exception as error:  # noqa: BLE001 - NVML raises its own error classes per GPU
-            self.reason = f"this GPU does not expose NVML's energy counter ({type(error).__name__})"
-
-    def _open_rapl(self) -> None:
-        packages = sorted(glob.glob(RAPL_GLOB))
-        if not packages:
-            self.reason = "no RAPL powercap counters on this machine (/sys/class/powercap/intel-rapl:* absent)"
-            return
-        try:
-            for package in packages:
-                path = Path(package) / "energy_uj"
-                int(path.read_text())
-                wrap = float((Path(package) / "max_energy_range_uj").read_text())
-                self._rapl.append((path, wrap))
-            self.method = "Linux RAPL package counters (CPU packages + DRAM where included, µJ)"
-        except (OSError, ValueError) as error:
-            self._rapl = []
-            self.reason = f"RAPL counters exist but are not readable here ({type(error).__name__}: needs root)"
-
-    @property
-    def available(self) -> bool:
-        return self._nvml is not None or bool(self._rapl)
-
-    def read_j(self) -> list[float] | None:
-        """Raw counter values in joules (one per package / GPU), or None when no counter is readable."""
-        if self._nvml is not None:
-            return [self._nvml.pynvml.nvmlDeviceGetTotalEnergyConsumption(self._nvml.handle) / 1000.0]
-        if self._rapl:
-            return [int(path.read_text()) / 1e6 for path, _ in self._rapl]
-        return None
-
-    def joules_between(self, before: list[float] | None, after: list[float] | None) -> float | None:
-        """Joules used between two readings (a RAPL counter that wrapped is corrected once)."""
-        if before is None or after is None:
-            return None
-        total = 0.0
-        wraps = [wrap / 1e6 for _, wrap in self._rapl] or [float("inf")] * len(before)
-        for start, end, wrap in zip(before, after, wraps):
-            total += end - start if end >= start else end + wrap - start
-        return total
