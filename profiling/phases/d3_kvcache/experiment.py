@@ -3,8 +3,9 @@
 Prompts of exact token counts (`prompt_lengths`) are cut by the tokenizer from real English text (SOURCE_TEXT,
 repeated when a prompt is longer than it; no chat template). For each prompt length P:
 
-1. Latency, batch 1, cache on then off. `warmup` short untimed runs (prefill + 2 decode steps), then timed
-   repeats. With the cache each decode step feeds only the newest token and reuses the stored keys/values; without
+1. Latency, batch 1, cache on then off. Short untimed runs (prefill + 2 decode steps) until their steps settle
+   (at least `warmup`), then timed runs until the median decode step is tight (measure.RepeatPolicy; at most
+   `repeats`, or `no_cache_repeats` without the cache). With the cache each decode step feeds only the newest token and reuses the stored keys/values; without
    it each step recomputes the whole sequence (P + i tokens), exactly as `use_cache=False` does. The runs without
    the cache may generate fewer tokens (`no_cache_max_new_tokens`) and repeat fewer times (`no_cache_repeats`),
    because each of their steps costs a whole prefill. The greedy tokens of both runs are compared.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -34,7 +36,7 @@ from ...shapes import Shapes, kv_cache_bytes
 from ...metrics import Measurements, record_generation
 from ...timing import timing_method
 from ...tracing import export_gzip_trace, profiled, write_empty_trace
-from ...measure import OutOfMemoryGuard, Run, timed_loads
+from ...measure import OutOfMemoryGuard, RepeatPolicy, Run, repeat_until_tight, timed_loads
 
 from . import NAME as PHASE
 WARMUP_NEW_TOKENS = 3  # a warm-up run: prefill + 2 decode steps, enough to touch every code path at that shape
@@ -156,17 +158,21 @@ def record_memory(rows: Measurements, setting: Setting, generation, shapes: Shap
         rows.add(setting.variant, 0, "peak_alloc_delta_bytes", peak_delta_bytes, request_id=-1, **knobs)
 
 
-def measure_setting(model, ids: list[int], setting: Setting, repeats: int, warmup: int, device: str,
+def measure_setting(model, ids: list[int], setting: Setting, policy: RepeatPolicy, device: str,
                     rows: Measurements, shapes: Shapes, bytes_per_element: int, progress) -> torch.Tensor | None:
-    """Warm up, then time `repeats` runs of one setting; record timing rows for every run and memory rows for the
-    first. Returns the first run's tokens (batch, new tokens), or None when the setting ran out of memory."""
+    """Warm up until the short runs' decode steps settle, then time runs of one setting until the median
+    per-token time is tight (`policy`: at most the setting's repeats); record timing rows for every run and memory
+    rows for the first. Returns the first run's tokens (batch, new tokens), or None when the setting ran out of
+    memory."""
     first_tokens = None
     with OutOfMemoryGuard(device) as oom:
         input_ids, attention_mask = batch_of(ids, setting.batch_size, device)
-        for _ in range(warmup):
-            generate(model, input_ids, attention_mask, min(WARMUP_NEW_TOKENS, setting.max_new_tokens),
-                     use_cache=setting.use_cache)
-        for repeat in range(repeats):
+        policy.warm_up(lambda: generate(model, input_ids, attention_mask,
+                                        min(WARMUP_NEW_TOKENS, setting.max_new_tokens),
+                                        use_cache=setting.use_cache).clock)
+
+        def timed(repeat: int) -> dict:
+            nonlocal first_tokens
             peak = AllocatorPeak(device)
             generation = generate(model, input_ids, attention_mask, setting.max_new_tokens,
                                   use_cache=setting.use_cache)
@@ -175,8 +181,11 @@ def measure_setting(model, ids: list[int], setting: Setting, repeats: int, warmu
             if repeat == 0:
                 record_memory(rows, setting, generation, shapes, bytes_per_element, peak.delta_bytes())
                 first_tokens = generation.tokens
-            del generation
+            steps = [span.seconds for span in generation.clock.spans if span.name.startswith("decode_step[")]
             progress.update(1)
+            return {"decode_step_s": float(np.median(steps)) if steps else generation.clock.seconds("prefill")}
+
+        repeat_until_tight(timed, policy, desc=setting.variant)
     if oom.hit:
         oom.record(rows, setting.variant, **setting.knobs())
         return None
@@ -244,9 +253,9 @@ def run(settings: dict, measurements_path, meta_path, traces: list) -> None:
     first_tokens = {}
     for setting, repeats in latency:
         progress.set_postfix_str(setting.variant)
-        first_tokens[setting.variant] = measure_setting(model, prompts[setting.prompt_tokens], setting, repeats,
-                                                        cfg["warmup"], device, rows, shapes, bytes_per_element,
-                                                        progress)
+        policy = RepeatPolicy(settings, {"repeats": repeats, "warmup": cfg["warmup"]})
+        first_tokens[setting.variant] = measure_setting(model, prompts[setting.prompt_tokens], setting, policy,
+                                                        device, rows, shapes, bytes_per_element, progress)
     tokens_match = {}
     for p in cfg["prompt_lengths"]:
         on, off = first_tokens[variant_name(p, True, 1)], first_tokens[variant_name(p, False, 1)]
@@ -257,7 +266,8 @@ def run(settings: dict, measurements_path, meta_path, traces: list) -> None:
     #    warm-up as every setting (its timing rows are roofline points for D2, so they follow the same rules).
     for setting in memory:
         progress.set_postfix_str(setting.variant)
-        measure_setting(model, prompts[setting.prompt_tokens], setting, 1, cfg["warmup"], device, rows, shapes,
+        measure_setting(model, prompts[setting.prompt_tokens], setting,
+                        RepeatPolicy(settings, {"repeats": 1, "warmup": cfg["warmup"]}), device, rows, shapes,
                         bytes_per_element, progress)
 
     # 3. Traces: one short traced run per latency setting, then write everything at once.
