@@ -127,7 +127,7 @@ class RepeatPolicy:
                   costs paid), at least the phase's `warmup` calls, at most warmup_max.
     """
 
-    DEFAULTS = {"min_repeats": 3, "ci_half_width": 0.05, "warmup_settle": 0.05, "warmup_max": 4}
+    DEFAULTS = {"min_repeats": 3, "ci_half_width": 0.05, "warmup_settle": 0.10, "warmup_max": 3}
 
     def __init__(self, settings: dict, phase_cfg: dict):
         adaptive = {**self.DEFAULTS, **(settings.get("adaptive") or {})}
