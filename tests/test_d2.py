@@ -282,6 +282,8 @@ def test_workflow_writes_d2_and_renders_its_section(workflow_run):
         assert (reports / link).exists(), link
     wall = (reports / "PROGRESS.md").read_text()
     d2_row = next(line for line in wall.splitlines() if "D2 性能瓶颈认知" in line)
-    assert "☑" in d2_row and answer(environment(), "d2_bottlenecks", findings) in d2_row
+    d = findings["decode_point"]  # the wall quotes this run's decode point (formatted here, not by the macro)
+    moves = f"decode at batch {d['batch_size']} moves {d['achieved_bytes_per_s'] / 1e9:.1f} GB/s"
+    assert "☑" in d2_row and moves in d2_row and f"({d['verdict']}, MFU " in d2_row
     record = (reports / "records/d2_bottlenecks.txt").read_text()
     assert record.startswith("[d2_bottlenecks") and "Observations" in record

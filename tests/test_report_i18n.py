@@ -2,13 +2,17 @@
 import json
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
 from profiling import phases
-from profiling.report.render import figure_anchors, rebase, render_all
-from profiling.report.templating import answer, environment, localized_name
+from profiling.report import render
+from profiling.report.format import figure
+from profiling.report.pages import rebase
+from profiling.report.render import figure_anchors, render_all
+from profiling.report.templating import localized_name, translate
 from tests.conftest import run_dir_of, snakemake
 
 PAGES = ("report.md", "index.html", "PROGRESS.md", "progress.html")
@@ -88,14 +92,15 @@ def test_at_a_glance_has_one_answer_per_measured_phase(workflow_run, lang, folde
     run_dir = run_dir_of(workflow_run)
     items = glance_items(run_dir / folder / "report.md")
     assert list(items) == phases.PHASES
-    jinja = environment(lang)
     for name, item in items.items():
-        findings = run_dir / "data" / name / "findings.json"
-        if findings.exists():
-            assert answer(jinja, name, json.loads(findings.read_text())) in item, name
-            assert "n=" in item, f"{name}: no headline figure"
-        else:
-            assert NOT_MEASURED[lang] in item, name
+        findings = json.loads((run_dir / "data" / name / "findings.json").read_text())
+        answer = item.split("<br>")[1]
+        assert re.search(r"\d", answer) and translate(lang, "measured: see its section") not in answer, name
+        assert bool(re.search(r"[\u4e00-\u9fff]", answer)) == (lang == "zh"), (name, answer)  # in the edition's language
+        for headline in findings["headlines"][:render.HEADLINES_SHOWN]:  # the key numbers, medians of this run's samples
+            median = statistics.median(headline["values"])
+            shown = f"{translate(lang, headline['label'])} **{figure(median, headline['unit'])}**"
+            assert f"{shown} ({translate(lang, 'median')}, n={len(headline['values'])})" in item, (name, shown)
 
 
 def test_navigation(workflow_run):
@@ -130,28 +135,45 @@ def test_a_language_change_rerenders_the_report(workflow_run):
     assert "Params have changed" in report, report
 
 
-# ---- a run with a phase's data missing -------------------------------------------------------------------------
-def test_a_run_with_a_phase_missing_still_renders(workflow_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir_of(workflow_run), copy)
-    missing = phases.PHASES[-1]
-    shutil.rmtree(copy / "data" / missing)
-    render_all(copy)
+# ---- a run with a phase's data missing, and one language ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_sections(workflow_run):
+    """The sections of the tiny run, views and charts made once (the tests below render pages from them)."""
+    return render.sections(run_dir_of(workflow_run))
+
+
+@pytest.mark.parametrize("missing", phases.PHASES)
+def test_the_report_renders_with_each_phase_missing_in_turn(workflow_run, run_sections, missing, tmp_path):
+    run_dir = run_dir_of(workflow_run)
+    empty = tmp_path / "empty"  # a run directory without this phase's data: its view has nothing to show
+    assert phases.module(missing, "view").view(empty, empty / "figures") is None
+    sections = [{**s, "view": None, "findings": None} if s["name"] == missing else s for s in run_sections]
+    context = {"env": json.loads((run_dir / "env.json").read_text()), "sections": sections, "generated_at": "now"}
     for lang, folder in (("en", ""), ("zh", "zh")):
-        items = glance_items(copy / folder / "report.md")
+        pages = render.report_pages(run_dir, context, lang, ("en", "zh"))
+        report = run_dir / folder / "report.md"
+        page = tmp_path / lang / "report.md"
+        page.parent.mkdir()
+        page.write_text(pages[report], encoding="utf-8")
+        items = glance_items(page)
         assert NOT_MEASURED[lang] in items[missing]
         assert all(NOT_MEASURED[lang] not in item for name, item in items.items() if name != missing)
-        for page in (copy / folder / name for name in PAGES):
-            for link in local_links(page):
-                assert (page.parent / link.split("#")[0]).exists(), f"{page} links missing {link}"
+        assert f"data/{missing}/findings.json" in pages[report]  # the section names the file it waits for
+        assert run_dir / folder / "records" / f"{missing}.txt" not in pages
+        for link in local_links(page):
+            assert (report.parent / link.split("#")[0]).exists(), f"{lang}: links missing {link}"
 
 
-def test_one_language_writes_one_edition(workflow_run, tmp_path):
+def test_one_language_writes_one_edition_and_removes_the_other(workflow_run, run_sections, tmp_path, monkeypatch):
+    monkeypatch.setattr(render, "sections", lambda run_dir: run_sections)  # the views and charts made once
     copy = tmp_path / "run"
     shutil.copytree(run_dir_of(workflow_run), copy, ignore=shutil.ignore_patterns("zh", "*.md", "*.html"))
     render_all(copy, ("zh",))
     assert (copy / "zh/report.md").exists() and not (copy / "report.md").exists()
     assert "English edition" not in (copy / "zh/report.md").read_text()
+    render_all(copy, ("en",))  # language: en after a Chinese edition: no stale zh/ left behind
+    assert (copy / "report.md").exists() and not (copy / "zh").exists()
+    assert "中文版" not in (copy / "report.md").read_text()
 
 
 # ---- the helpers -----------------------------------------------------------------------------------------------
