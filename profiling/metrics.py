@@ -156,14 +156,19 @@ def energy_per_token(rows: pd.DataFrame, meter_note: dict) -> dict:
             "missing": None if measured else (meter_note.get("missing") or "no energy counter was read")}
 
 
-def energy_meter(measurements_path) -> dict:
-    """The energy meter a phase's experiment used, from the meta.json written beside its measurements.csv by the
-    same step (notes.energy: {"method", "missing"}); {} for a run made before energy was recorded."""
+def meta_notes(measurements_path) -> dict:
+    """The notes of the meta.json written beside a phase's measurements.csv by the same step ({} when absent)."""
     import json
     from pathlib import Path
 
     meta = Path(measurements_path).parent / "meta.json"
-    return json.loads(meta.read_text()).get("notes", {}).get("energy", {}) if meta.exists() else {}
+    return json.loads(meta.read_text()).get("notes", {}) if meta.exists() else {}
+
+
+def energy_meter(measurements_path) -> dict:
+    """The energy meter a phase's experiment used (notes.energy: {"method", "missing"}); {} for a run made before
+    energy was recorded."""
+    return meta_notes(measurements_path).get("energy", {})
 
 
 def record_energy(rows: Measurements, variant: str, repeat: int, joules, **knobs) -> None:

@@ -50,13 +50,17 @@ def tight_enough(values, half_width: float, min_n: int, max_n: int) -> bool:
     return n >= max_n or summarize(values)["half_width_ratio"] <= half_width
 
 
-def precision(values, max_n: int | None = None) -> dict:
+def precision(values, policy: dict | None = None) -> dict:
     """How precise the median of a sample is: n, half_width_ratio (the 95% CI's half-width over the median) and
-    at_cap (True when the sample reached the most repeats allowed, `max_n`, so its CI may be wider than asked)."""
+    at_cap: True when the repeats stopped at their cap (`policy["max_repeats"]`) with the CI still wider than asked
+    (`policy["ci_half_width"]`), so the figure is flagged. `policy` is what the experiment recorded in meta.json
+    (notes.repeat_policy); without it at_cap is False."""
     stats = summarize(values)
-    n = stats["n"]
-    return {"n": n, "half_width_ratio": stats.get("half_width_ratio", float("nan")),
-            "at_cap": bool(max_n is not None and n >= max_n)}
+    n, half_width = stats["n"], stats.get("half_width_ratio", float("nan"))
+    policy = policy or {}
+    cap, bound = policy.get("max_repeats"), policy.get("ci_half_width")
+    at_cap = bool(cap is not None and n >= cap and not (bound is not None and half_width <= bound))
+    return {"n": n, "half_width_ratio": half_width, "at_cap": at_cap}
 
 
 def bootstrap_median_ci(data, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:

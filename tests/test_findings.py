@@ -162,7 +162,8 @@ def test_d1_decode_step_is_one_value_the_headline_and_the_sentence_share():
 
     operators = pd.DataFrame(columns=["stage", "op", "device", "self_s", "share_of_stage", "calls"])
     spans = pd.DataFrame(columns=["name", "start_s", "seconds"])
-    found = d1.findings(d1_rows(), operators, spans, cv_warn=0.1, max_repeats=3)
+    found = d1.findings(d1_rows(), operators, spans, cv_warn=0.1,
+                       policy={"max_repeats": 3, "ci_half_width": 0.05})
     headline = next(h for h in found["headlines"] if h["label"].startswith("decode step"))
     assert found["decode_step_p50_s"] == pytest.approx(np.median(headline["values"]))
     assert found["decode_step_p50_s"] == pytest.approx(0.0575)  # not the pooled 0.0455

@@ -27,7 +27,12 @@ def test_steady_values_stop_at_the_minimum():
 def test_noisy_values_go_on_to_the_cap_and_are_flagged():
     noisy = [0.05, 0.08, 0.04, 0.09, 0.05, 0.07, 0.03, 0.09, 0.05, 0.08, 0.04, 0.09]
     assert repeat_until_tight(feed(noisy), policy(max_repeats=8)) == 8
-    assert precision(noisy[:8], max_n=8)["at_cap"]
+    assert precision(noisy[:8], {"max_repeats": 8, "ci_half_width": 0.05})["at_cap"]
+
+
+def test_a_figure_tight_at_the_cap_is_not_flagged():
+    assert not precision([0.05] * 3, {"max_repeats": 3, "ci_half_width": 0.05})["at_cap"]
+    assert not precision([0.05, 0.09, 0.04])["at_cap"]  # no policy recorded: nothing to flag against
 
 
 def test_repeats_stop_once_the_median_ci_is_within_the_bound():

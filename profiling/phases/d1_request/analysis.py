@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ...io import staged, write_json
-from ...metrics import energy_meter, energy_per_token, headline, per_repeat, profiler_overhead_ratio
+from ...metrics import energy_per_token, meta_notes, headline, per_repeat, profiler_overhead_ratio
 from ...stats import precision, summary_table
 from ...trace_ops import operator_table, stage_spans
 
@@ -57,10 +57,10 @@ def host_overhead(operators: pd.DataFrame, spans: pd.DataFrame) -> pd.DataFrame:
 
 
 def findings(measurements: pd.DataFrame, operators: pd.DataFrame, spans: pd.DataFrame, cv_warn: float,
-             max_repeats: int | None = None, energy_meter: dict | None = None) -> dict:
+             policy: dict | None = None, energy_meter: dict | None = None) -> dict:
     """The key numbers the report's conclusion is generated from (all seconds unless named otherwise). A figure's
     precision is n (timed requests), the half-width of its median's 95% CI over the median, and whether the
-    repeats stopped at the cap `max_repeats`."""
+    repeats stopped at their cap with the CI still wider than asked (`policy`: meta.json's repeat_policy)."""
     stages = stage_table(measurements)
     untraced = measurements[measurements["variant"] == "untraced"]
 
@@ -86,9 +86,9 @@ def findings(measurements: pd.DataFrame, operators: pd.DataFrame, spans: pd.Data
         "dominant_share": float(dominant["share_of_e2e"]),
         "prefill_p50_s": prefill_p50,
         "decode_step_p50_s": step_p50,  # median over requests of each request's median step (= the headline)
-        "decode_step_precision": precision(step_per_repeat, max_repeats),
+        "decode_step_precision": precision(step_per_repeat, policy),
         "energy": energy_per_token(untraced, energy_meter or {}),
-        "e2e_precision": precision(per_repeat(untraced, "e2e_s"), max_repeats),
+        "e2e_precision": precision(per_repeat(untraced, "e2e_s"), policy),
         "prefill_over_step": prefill_p50 / step_p50,
         "ttft_p50_s": median(untraced, "ttft_s"),
         "tpot_p50_s": median(untraced, "tpot_s"),
@@ -118,9 +118,9 @@ def analyze(settings: dict, measurements_path, trace_path, summary_path, operato
     with staged(summary_path, operators_path, findings_path) as (summary_tmp, operators_tmp, findings_tmp):
         summary.to_csv(summary_tmp, index=False)
         operators.to_csv(operators_tmp, index=False)
-        write_json(findings_tmp, findings(measurements, operators, spans, cv_warn,
-                                          settings.get("d1_request", {}).get("repeats"),
-                                          energy_meter(measurements_path)))
+        notes = meta_notes(measurements_path)
+        write_json(findings_tmp, findings(measurements, operators, spans, cv_warn, notes.get("repeat_policy"),
+                                          notes.get("energy", {})))
 
 
 # ---- command line (python -m profiling d1_request_analysis) -------------------------------------------------------

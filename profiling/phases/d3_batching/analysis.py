@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ...io import staged, write_json
-from ...metrics import energy_meter, energy_per_token, headline, per_repeat, profiler_overhead_ratio
-from ...stats import summarize, summary_table
+from ...metrics import energy_meter, energy_per_token, meta_notes, headline, per_repeat, profiler_overhead_ratio
+from ...stats import precision, summary_table
 
 
 def _values(frame: pd.DataFrame, variant: str, metric: str) -> pd.Series:
@@ -83,7 +83,7 @@ def every_request(per_batch: pd.Series, batch_size: int) -> pd.Series:
 
 
 def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: pd.DataFrame,
-                max_repeats: int | None = None) -> pd.DataFrame:
+                policy: dict | None = None) -> pd.DataFrame:
     """One row per static batch size: throughput (median and spread over repeats), latency percentiles over the
     requests of every repeat, padding waste, ratios against the smallest batch, and utilisation; an `oom` status
     for a size that ran out of memory."""
@@ -103,8 +103,8 @@ def batch_table(measurements: pd.DataFrame, timeline: pd.DataFrame, telemetry: p
             "status": "ok",
             "repeats": int(throughput.size),
             "requests": int(e2e.size),
-            "output_tok_per_s_half_width_ratio": summarize(throughput.tolist()).get("half_width_ratio"),
-            "at_cap": bool(max_repeats is not None and throughput.size >= max_repeats),
+            "output_tok_per_s_half_width_ratio": precision(throughput.tolist(), policy)["half_width_ratio"],
+            "at_cap": precision(throughput.tolist(), policy)["at_cap"],
             "prompt_tokens": int(static.loc[static["variant"] == variant, "prompt_tokens"].median()),
             "padding_waste_ratio": _median(_values(static, variant, "padding_waste_ratio")),
             "output_tok_per_s_p50": _median(throughput),
@@ -407,7 +407,7 @@ def analyze(settings: dict, measurements_path, timeline_path, telemetry_path, su
     timeline = pd.read_csv(timeline_path)
     telemetry = pd.read_csv(telemetry_path)
     summary = summary_table(measurements, ["variant", "metric", "step"], settings["cv_warn"])
-    batches = batch_table(measurements, timeline, telemetry, settings["d3_batching"]["repeats"])
+    batches = batch_table(measurements, timeline, telemetry, meta_notes(measurements_path).get("repeat_policy"))
     dynamic = dynamic_table(measurements, timeline, telemetry, settings["d3_batching"])
     result = findings(measurements, batches, dynamic, telemetry, settings, energy_meter(measurements_path))
     with staged(summary_path, batch_table_path, dynamic_table_path, findings_path) as temps:

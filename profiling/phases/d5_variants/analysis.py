@@ -34,7 +34,7 @@ import pandas as pd
 
 from ...io import read_json, staged, write_json
 from ...metrics import energy_per_token, headline, per_repeat, profiler_overhead_ratio
-from ...stats import bootstrap_ratio_ci, summarize, summary_table
+from ...stats import bootstrap_ratio_ci, precision, summarize, summary_table
 from ...trace_ops import operator_table, stage_spans  # the one import of the trace helpers
 from ..d2_bottlenecks.roof import bandwidth_roof as roof_bandwidth  # the machine's one roof
 from . import NAME as PHASE
@@ -78,7 +78,7 @@ def warmup_calls(rows: pd.DataFrame, variant: str, batch: int, warmup: int) -> f
 
 
 def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmup: int,
-                max_repeats: int | None = None) -> dict:
+                policy: dict | None = None) -> dict:
     """One row of the variant table (see the module docstring for every definition)."""
     setting, reference = of_setting(rows, variant, batch), of_setting(rows, REFERENCE, batch)
     steps = per_repeat(setting, "decode_step_s")  # one value per timed generation: its median step
@@ -105,7 +105,7 @@ def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmu
         "step_p90_s": stats.get("p90"), "step_cv": stats.get("cv"),
         "steps_n": len(values(rows, variant, "decode_step_s", batch)),
         "repeats": stats.get("n", 0), "step_half_width_ratio": stats.get("half_width_ratio"),
-        "at_cap": bool(max_repeats is not None and stats.get("n", 0) >= max_repeats),
+        "at_cap": precision(steps, policy)["at_cap"],
         "speedup": speedup, "speedup_ci95_low": speedup_low, "speedup_ci95_high": speedup_high,
         "e2e_p50_s": e2e_p50,
         "e2e_speedup": e2e_speedup, "e2e_speedup_ci95_low": e2e_low, "e2e_speedup_ci95_high": e2e_high,
@@ -129,7 +129,7 @@ def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmu
 
 
 def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_sizes: list[int],
-                  warmup: int, max_repeats: int | None = None) -> pd.DataFrame:
+                  warmup: int, policy: dict | None = None) -> pd.DataFrame:
     """One row per variant (config order) and batch size; an unavailable variant has one row per batch size with
     available False and its reason."""
     rows = timed_rows(measurements)
@@ -141,7 +141,7 @@ def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_siz
                 table.append({"variant": variant, "batch_size": batch, "available": False,
                               "reason": unavailable[variant]})
             else:
-                table.append(variant_row(rows, variant, batch, roof, warmup, max_repeats))
+                table.append(variant_row(rows, variant, batch, roof, warmup, policy))
     return pd.DataFrame(table)
 
 
@@ -361,7 +361,8 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, traces:
     ceilings = read_json(ceilings_path) if ceilings_path and Path(ceilings_path).exists() else None
     roof = roof_bandwidth(ceilings)
     batch_sizes = [int(b) for b in cfg["batch_sizes"]]
-    table = variant_table(measurements, meta, roof["bytes_per_s"], batch_sizes, cfg["warmup"], cfg.get("repeats"))
+    table = variant_table(measurements, meta, roof["bytes_per_s"], batch_sizes, cfg["warmup"],
+                          meta["notes"].get("repeat_policy"))
     timelines = {name: timeline(path) for name, path in traces_by_variant(meta, traces).items()}
     timelines = {name: t for name, t in timelines.items() if t.get("decode_steps")}
     summary = summary_table(timed_rows(measurements), ["variant", "batch_size", "metric"], settings["cv_warn"])
