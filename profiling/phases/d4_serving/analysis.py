@@ -1,24 +1,30 @@
-"""D4 analysis: the run table (policies, rates, the reference), goodput, the tenant table, the service's cost per
-token against the engine alone, and the flow's stage times from our server's spans.
+"""D4 analysis: what each serving idea buys, and how much load each server carries within the SLOs.
 
 Reads measurements.csv, requests.csv, spans.jsonl and meta.json (never a server or the model); writes summary.csv,
-runs.csv (one row per run), tenants.csv, flow.csv (median seconds of each stage of the flow, per run), steps.csv
-(our server's worker steps: batch size and queue depth over time), stages.csv (every request's stage times) and
-findings.json.
+runs.csv (one row per run, with its KV memory and preemptions), ablation.csv, capacity.csv, long_prompts.csv,
+tenants.csv, flow.csv (median seconds of each stage of the flow, per run), steps.csv (our server's worker steps),
+stages.csv (every request's stage times) and findings.json (key numbers and verdict keys; the templates word them).
+
+Definitions (one place):
+    attainment       share of a run's requests that completed and met both SLOs (TTFT and TPOT)
+    capacity         the highest rate of the sweep whose attainment is at least slo_attainment (0: none)
+    kv_reserved_over_held   KV bytes reserved ÷ bytes of the tokens held, summed over the run's steps
+    stream ITL p99   the 99th percentile of the gaps between tokens of the long-prompt workload's streams
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 
 from ...io import read_json, staged, write_json
-from ...metrics import headline, per_repeat
+from ...metrics import RUN_ROW, headline, per_repeat
 from ...serving.engine.spans import load_spans, stage_durations, step_table
 from ...stats import bootstrap_ratio_ci, summary_table
 from . import NAME as PHASE
-from .variants import our_runs, rate_name
+from .variants import ablation_variants, rate_name
 
 # The flow, in order: (stage column of spans.stage_durations, what it covers).
 FLOW = [("http_s", "HTTP: parse, chat template, tokenize"), ("queue_wait_s", "queue: waiting for the scheduler"),
@@ -26,41 +32,174 @@ FLOW = [("http_s", "HTTP: parse, chat template, tokenize"), ("queue_wait_s", "qu
         ("decode_s", "worker: decode steps (rest of the tokens)"),
         ("handoff_s", "worker -> front end: token on host -> chunk sent (median per token)"),
         ("detokenize_s", "detokenize (all chunks of a request)"), ("stream_s", "stream: last token -> response done")]
+LOAD_REQUEST = "load-"  # the load generator's X-Request-Id prefix of timed requests (warm-ups have none)
 
 
-def _p(values: pd.Series, q: float) -> float:
-    values = values.dropna()
+def _p(values, q: float) -> float:
+    values = pd.Series(values, dtype=float).dropna()
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def run_table(measurements: pd.DataFrame) -> pd.DataFrame:
-    """One row per load run: server, policy, rate, completed requests, output tok/s, req/s, goodput, and TTFT /
-    TPOT / ITL / E2E percentiles (seconds) over its requests."""
+def _finite(value) -> float | None:
+    """A finite float, or None (not measured)."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """a / b; None when either side was not measured; inf when only b is 0 (e.g. static batching met no SLO)."""
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return None
+    if b == 0:
+        return math.inf if a > 0 else None
+    return a / b
+
+
+# ---- per run -------------------------------------------------------------------------------------------------
+def attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> float:
+    """Share of the run's requests that completed and met both SLOs (a failed request meets none)."""
+    if not len(requests):
+        return float("nan")
+    good = requests["success"].astype(bool) & (requests["ttft_s"] <= slo_ttft_s) & (
+        requests["tpot_s"].fillna(0) <= slo_tpot_s)
+    return float(good.mean())
+
+
+def run_table(measurements: pd.DataFrame, requests: pd.DataFrame, steps: pd.DataFrame, spans: list[dict],
+              cfg: dict) -> pd.DataFrame:
+    """One row per load run: server, policy, workload, rate, completed requests, output tok/s, goodput, SLO
+    attainment, TTFT / TPOT / ITL / E2E percentiles (seconds), and for our server its KV memory (reserved MiB at
+    the p50 step, reserved ÷ held) and preemptions."""
     served = measurements[measurements["server"].isin(["ours", "vllm"])]
+    preempted = pd.Series([e["variant"] for e in spans if e.get("event") == "preempted"]).value_counts()
+    cached = cached_prompt_tokens(spans)
     rows = []
     for variant, run in served.groupby("variant", sort=False):
         def metric(name):
             return run.loc[run["metric"] == name, "value"]
 
-        per_run = run[run["request_id"] == -1].set_index("metric")["value"]
+        per_run = run[run["request_id"] == RUN_ROW].set_index("metric")["value"]
+        own = requests[requests["variant"] == variant]
+        own_steps = steps[steps["variant"] == variant] if len(steps) else steps
+        kv = own_steps.dropna(subset=["kv_bytes_reserved", "kv_bytes_held"]) if len(own_steps) else own_steps
         rows.append({
             "variant": variant, "server": run["server"].iloc[0], "policy": run["policy"].iloc[0],
+            "workload": own["workload"].iloc[0] if len(own) else "random",
             "request_rate": float(run["request_rate"].iloc[0]), "completed": int(metric("e2e_s").size),
             "output_tok_per_s": float(per_run.get("output_tok_per_s", math.nan)),
             "request_per_s": float(per_run.get("request_per_s", math.nan)),
             "goodput_req_per_s": float(per_run.get("goodput_req_per_s", math.nan)),
+            "attainment": attainment(own, cfg["slo_ttft_s"], cfg["slo_tpot_s"]),
             "ttft_p50_s": _p(metric("ttft_s"), 50), "ttft_p99_s": _p(metric("ttft_s"), 99),
             "tpot_p50_s": _p(metric("tpot_s"), 50), "tpot_p99_s": _p(metric("tpot_s"), 99),
             "itl_p50_s": _p(metric("itl_s"), 50), "itl_p99_s": _p(metric("itl_s"), 99),
             "e2e_p50_s": _p(metric("e2e_s"), 50), "e2e_p99_s": _p(metric("e2e_s"), 99),
+            "kv_reserved_mib_p50": _p(kv["kv_bytes_reserved"], 50) / 2**20 if len(kv) else math.nan,
+            "kv_reserved_over_held": (float(kv["kv_bytes_reserved"].sum() / kv["kv_bytes_held"].sum())
+                                      if len(kv) and kv["kv_bytes_held"].sum() > 0 else math.nan),
+            "preemptions": int(preempted.get(variant, 0)) if run["server"].iloc[0] == "ours" else math.nan,
+            "prefix_hit_share": (cached.get(variant, 0) / own.loc[own["success"].astype(bool), "prompt_tokens"].sum()
+                                 if run["server"].iloc[0] == "ours" and len(own) else math.nan),
         })
     return pd.DataFrame(rows)
+
+
+def cached_prompt_tokens(spans: list[dict]) -> dict[str, int]:
+    """Per run: prompt tokens of its timed requests that the prefix cache served (their prefill was skipped)."""
+    timed = {e["request_id"] for e in spans if e.get("event") == "arrived"
+             and str(e.get("client_request_id", "")).startswith(LOAD_REQUEST)}
+    totals: dict[str, int] = {}
+    for event in spans:
+        if event.get("event") == "admitted" and event["request_id"] in timed:
+            totals[event["variant"]] = totals.get(event["variant"], 0) + int(event.get("cached_tokens", 0))
+    return totals
+
+
+def _row(runs: pd.DataFrame, variant: str) -> dict | None:
+    rows = runs[runs["variant"] == variant]
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+# ---- the ablation, the capacity sweep, the workloads ----------------------------------------------------------
+def ablation_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """The ablation's rows in order (slab -> paged -> chunked -> prefix -> lever), each with its run's numbers and
+    its output tok/s against the row before."""
+    rows, before = [], None
+    for step, variant in ablation_variants(cfg):
+        row = _row(runs, variant)
+        if row is None:
+            continue
+        row = {"step": step, **row}
+        row["tok_per_s_over_previous"] = _ratio(row["output_tok_per_s"], before)
+        before = row["output_tok_per_s"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def capacity_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """The sweep per server and rate: attainment, goodput, output tok/s, TTFT / TPOT p50, and whether the rate is
+    within capacity (attainment >= slo_attainment)."""
+    prefix = {"ours": "continuous_r", "vllm": "vllm_r"}
+    rows = []
+    for server, name in prefix.items():
+        sweep = runs[(runs["server"] == server) & runs["variant"].str.startswith(name)
+                     & (runs["workload"] == "random")]
+        for row in sweep.sort_values("request_rate").to_dict(orient="records"):
+            rows.append({**row, "within": bool(row["attainment"] >= cfg["slo_attainment"])})
+    return pd.DataFrame(rows, columns=[*runs.columns, "within"]) if not rows else pd.DataFrame(rows)
+
+
+def capacity_of(capacity: pd.DataFrame, server: str) -> float | None:
+    """The highest swept rate within capacity for `server` (0.0 when none is; None when it was not swept)."""
+    sweep = capacity[capacity["server"] == server] if len(capacity) else capacity
+    if not len(sweep):
+        return None
+    within = sweep.loc[sweep["within"], "request_rate"]
+    return float(within.max()) if len(within) else 0.0
+
+
+def long_prompt_table(requests: pd.DataFrame, runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Per long-prompt run (ours at each budget, vLLM): the streams' ITL p50 / p99 and the long prompts' TTFT p50
+    (seconds). The first `streams` requests of the workload are the streams."""
+    streams = cfg["long_prompts"]["streams"]
+    rows = []
+    for variant in [v for v in runs["variant"] if v.startswith("long_") or v == "vllm_long"]:
+        own = requests[(requests["variant"] == variant) & requests["success"].astype(bool)]
+        gaps = [gap for text in own.loc[own["request_id"] < streams, "itl_s"] for gap in json.loads(text)]
+        long_ttft = own.loc[own["request_id"] >= streams, "ttft_s"]
+        budget = variant.removeprefix("long_")
+        rows.append({"variant": variant, "server": "vllm" if variant == "vllm_long" else "ours",
+                     "budget": int(cfg["max_step_tokens"]) if variant == "vllm_long"
+                     else (0 if budget == "off" else int(budget)),
+                     "stream_itl_p50_s": _p(gaps, 50), "stream_itl_p99_s": _p(gaps, 99),
+                     "long_ttft_p50_s": _p(long_ttft, 50), "gaps": len(gaps)})
+    return pd.DataFrame(rows)
+
+
+def stream_timeline(requests: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Every token of the long-prompt workload's streams: variant, request, its time from the run's start and the
+    gap before it (seconds); and the long prompts' arrivals and first tokens (kind arrival / first_token)."""
+    streams = cfg["long_prompts"]["streams"]
+    rows = []
+    for record in requests[requests["workload"] == "long"].to_dict(orient="records"):
+        if not record["success"]:
+            continue
+        first = record["start_s"] + record["ttft_s"]
+        if record["request_id"] < streams:
+            t = first
+            for gap in json.loads(record["itl_s"]):
+                t += gap
+                rows.append({"variant": record["variant"], "request_id": record["request_id"], "kind": "token",
+                             "t_s": t, "gap_s": gap})
+        else:
+            rows += [{"variant": record["variant"], "request_id": record["request_id"], "kind": kind, "t_s": t,
+                      "gap_s": math.nan} for kind, t in (("arrival", record["start_s"]), ("first_token", first))]
+    return pd.DataFrame(rows, columns=["variant", "request_id", "kind", "t_s", "gap_s"])
 
 
 def tenant_table(measurements: pd.DataFrame) -> pd.DataFrame:
     """Per tenant run (fifo, fair) and tenant: requests, TTFT p50/p95 and E2E p50 (seconds)."""
     runs = measurements[measurements["variant"].astype(str).str.startswith("tenants_")
-                        & (measurements["request_id"] != -1)]
+                        & (measurements["request_id"] != RUN_ROW)]
     rows = []
     for (variant, tenant), group in runs.groupby(["variant", "tenant"], sort=True):
         ttft = group.loc[group["metric"] == "ttft_s", "value"]
@@ -71,11 +210,13 @@ def tenant_table(measurements: pd.DataFrame) -> pd.DataFrame:
                                        "e2e_p50_s"])
 
 
+# ---- spans: the flow and the steps ---------------------------------------------------------------------------
 def request_stages(spans: list[dict]) -> pd.DataFrame:
-    """Per request of every run of our server: its stage times along the flow (spans.stage_durations)."""
+    """Per timed request of every run of our server (warm-ups left out): its stage times along the flow."""
     frames = [stage_durations([e for e in spans if e["variant"] == variant]).assign(variant=variant)
               for variant in dict.fromkeys(event["variant"] for event in spans)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    stages = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["client_request_id"])
+    return stages[stages["client_request_id"].astype(str).str.startswith(LOAD_REQUEST)].reset_index(drop=True)
 
 
 def flow_table(stages: pd.DataFrame) -> pd.DataFrame:
@@ -96,69 +237,105 @@ def steps_table(spans: list[dict]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _row(table: pd.DataFrame, variant: str) -> dict | None:
-    rows = table[table["variant"] == variant]
-    return rows.iloc[0].to_dict() if len(rows) else None
+def decode_batch_p50(steps: pd.DataFrame, variant: str) -> int | None:
+    """The median batch size of a run's decode-only steps (None when it had none)."""
+    own = steps[(steps["variant"] == variant) & (steps["phase"] == "decode")] if len(steps) else steps
+    return int(round(own["batch_size"].median())) if len(own) else None
 
 
-def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
-    """a[key] / b[key], or None when either run is missing (not measured in this run); inf when only b is 0
-    (e.g. static batching met no SLO at all)."""
-    if a is None or b is None or not math.isfinite(b[key]):
-        return None
-    if b[key] == 0:
-        return math.inf if a[key] > 0 else None
-    return float(a[key]) / float(b[key])
+def offline_step(measurements: pd.DataFrame, batch: int | None) -> tuple[int | None, list[float]]:
+    """(the measured offline batch size nearest `batch`, its decode steps in seconds)."""
+    offline = measurements[(measurements["policy"] == "offline") & (measurements["metric"] == "decode_step_s")]
+    if batch is None or not len(offline):
+        return None, []
+    sizes = sorted({int(b) for b in offline["batch_size"].dropna()})
+    nearest = min(sizes, key=lambda size: (abs(size - batch), size))
+    return nearest, offline.loc[offline["batch_size"] == nearest, "value"].tolist()
 
 
-def continuous_rates(runs: pd.DataFrame) -> list[str]:
-    """The rate names of our continuous-policy runs (tenant runs aside), lowest first."""
-    rows = runs[(runs["server"] == "ours") & (runs["policy"] == "continuous")
-                & ~runs["variant"].str.startswith("tenants_")]
-    return [rate_name(rate) for rate in sorted(rows["request_rate"])]
-
-
-def targets(runs: pd.DataFrame, measurements: pd.DataFrame, cfg: dict) -> dict:
-    """The measured target ratios (None where a side was not measured): continuous vs static goodput at the
-    policy rate; saturated output throughput ours vs the reference (at the highest rate); TTFT p50 at the lowest
-    rate ours vs the reference; TPOT p50 at the lowest rate vs the engine's offline decode step at batch 1 (with
-    its bootstrap 95% CI)."""
+# ---- targets and findings ------------------------------------------------------------------------------------
+def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame, capacity: pd.DataFrame,
+            long: pd.DataFrame, cfg: dict) -> dict:
+    """Every measured target ratio (None where a side was not measured)."""
+    sweep = capacity[capacity["server"] == "ours"] if len(capacity) else capacity
+    rates = sorted(sweep["request_rate"]) if len(sweep) else []
+    middle = rate_name(rates[len(rates) // 2]) if rates else None
+    ours_mid, ref_mid = _row(runs, f"continuous_r{middle}"), _row(runs, f"vllm_r{middle}")
+    batch = decode_batch_p50(steps, f"continuous_r{middle}")
+    batch_size, same_batch = offline_step(measurements, batch)
+    _, batch_one = offline_step(measurements, 1)
+    served_tpot = measurements.loc[(measurements["variant"] == f"continuous_r{middle}")
+                                   & (measurements["metric"] == "tpot_s"), "value"].tolist()
+    tpot_same = bootstrap_ratio_ci(served_tpot, same_batch)
+    tpot_one = bootstrap_ratio_ci(served_tpot, batch_one)
+    saturated = {server: _finite(capacity.loc[capacity["server"] == server, "output_tok_per_s"].max())
+                 if len(capacity) else None for server in ("ours", "vllm")}
     policy_rate = rate_name(float(cfg["policy_rate_req_per_s"]))
-    rates = continuous_rates(runs)
-    low, high = (rates[0], rates[-1]) if rates else (None, None)
-    ours_low, ref_low = _row(runs, f"continuous_r{low}"), _row(runs, f"vllm_r{low}")
-    ours_high, ref_high = _row(runs, f"continuous_r{high}"), _row(runs, f"vllm_r{high}")
-    offline = measurements[(measurements["variant"] == "offline_b1") & (measurements["metric"] == "decode_step_s")]
-    served_tpot = measurements[(measurements["variant"] == f"continuous_r{low}") & (measurements["metric"] == "tpot_s")]
-    tpot_ratio = bootstrap_ratio_ci(served_tpot["value"].tolist(), offline["value"].tolist())
+    continuous, static = _row(runs, f"continuous_r{policy_rate}"), _row(runs, f"static_r{policy_rate}")
+    prefix_on, prefix_off = _row(runs, "prefix_on"), _row(runs, "prefix_off")
+    ours_long = long[long["server"] == "ours"] if len(long) else long
+    unchunked = ours_long[ours_long["budget"] == 0] if len(ours_long) else ours_long
+    chunked = ours_long[ours_long["budget"] == int(cfg["max_step_tokens"])] if len(ours_long) else ours_long
+    slab, paged = _row(runs, "ablation_slab"), _row(runs, "ablation_paged")
+    ours_capacity, ref_capacity = capacity_of(capacity, "ours"), capacity_of(capacity, "vllm")
     return {
-        "policy_rate": policy_rate, "low_rate": low, "high_rate": high,
-        "goodput_continuous_over_static": _ratio(_row(runs, f"continuous_r{policy_rate}"),
-                                                 _row(runs, f"static_r{policy_rate}"), "goodput_req_per_s"),
-        "saturated_tok_per_s_over_reference": _ratio(ours_high, ref_high, "output_tok_per_s"),
-        "ttft_p50_over_reference": _ratio(ours_low, ref_low, "ttft_p50_s"),
-        "offline_decode_step_p50_s": float(offline["value"].median()) if len(offline) else math.nan,
-        "tpot_over_offline_step": tpot_ratio[0], "tpot_over_offline_step_ci95": [tpot_ratio[1], tpot_ratio[2]],
-        "reference_measured": ref_low is not None or ref_high is not None,
+        "middle_rate": middle, "policy_rate": policy_rate,
+        "capacity_req_per_s": {"ours": ours_capacity, "vllm": ref_capacity},
+        "capacity_over_reference": _ratio(ours_capacity, ref_capacity),
+        "saturated_tok_per_s": saturated,
+        "saturated_tok_per_s_over_reference": _ratio(saturated.get("ours"), saturated.get("vllm")),
+        "ttft_p50_over_reference": _ratio(ours_mid["ttft_p50_s"] if ours_mid else None,
+                                          ref_mid["ttft_p50_s"] if ref_mid else None),
+        "decode_batch_p50": batch, "offline_batch": batch_size,
+        "offline_step_p50_s": float(np.median(same_batch)) if same_batch else None,
+        "offline_step_b1_p50_s": float(np.median(batch_one)) if batch_one else None,
+        "tpot_over_offline_step": _finite(tpot_same[0]),
+        "tpot_over_offline_step_ci95": [_finite(tpot_same[1]), _finite(tpot_same[2])],
+        "tpot_over_offline_b1": _finite(tpot_one[0]),
+        "goodput_continuous_over_static": _ratio(continuous["goodput_req_per_s"] if continuous else None,
+                                                 static["goodput_req_per_s"] if static else None),
+        "static_goodput_req_per_s": static["goodput_req_per_s"] if static else None,
+        "prefix_ttft_on_over_off": _ratio(prefix_on["ttft_p50_s"] if prefix_on else None,
+                                          prefix_off["ttft_p50_s"] if prefix_off else None),
+        "chunked_itl_p99_over_unchunked": _ratio(
+            float(chunked["stream_itl_p99_s"].iloc[0]) if len(chunked) else None,
+            float(unchunked["stream_itl_p99_s"].iloc[0]) if len(unchunked) else None),
+        "kv_reserved_over_held": {"paged": paged["kv_reserved_over_held"] if paged else None,
+                                  "slab": slab["kv_reserved_over_held"] if slab else None},
+        "reference_measured": bool(len(runs) and (runs["server"] == "vllm").any()),
     }
 
 
-def findings(measurements: pd.DataFrame, runs: pd.DataFrame, tenants: pd.DataFrame, flow: pd.DataFrame,
-             meta: dict, cfg: dict) -> dict:
+def verdicts(t: dict) -> dict:
+    """Verdict keys the templates word (no thresholds in templates)."""
+    if t["static_goodput_req_per_s"] is None:
+        policies = "not_measured"
+    elif t["static_goodput_req_per_s"] == 0:
+        policies = "static_met_no_slo" if t["goodput_continuous_over_static"] is not None else "none_met_slo"
+    else:
+        policies = "ratio"
+    capacity = "not_measured" if t["capacity_over_reference"] is None else (
+        "ours_higher" if t["capacity_over_reference"] > 1 else
+        "equal" if t["capacity_over_reference"] == 1 else "reference_higher")
+    return {"policies": policies, "capacity": capacity}
+
+
+def findings(measurements: pd.DataFrame, runs: pd.DataFrame, tables: dict, meta: dict, cfg: dict) -> dict:
     """The key numbers the report's text, the at-a-glance block and the progress wall are worded from."""
-    rates = continuous_rates(runs)
-    main = f"continuous_r{rates[0]}" if rates else our_runs(cfg)[0].variant
-    main_flow = flow[flow["variant"] == main].sort_values("order")
-    quiet = tenants.groupby("tenant_policy") if len(tenants) else None
-    fairness = {}
-    if quiet is not None:
-        for policy, group in quiet:
-            by_tenant = group.set_index("tenant")["ttft_p50_s"]
-            fairness[policy] = {"ttft_p50_s": by_tenant.to_dict()}
-    served = measurements[measurements["server"] == "ours"]
+    t = targets(runs, measurements, tables["steps"], tables["capacity"], tables["long"], cfg)
+    main = f"continuous_r{t['middle_rate']}" if t["middle_rate"] else runs["variant"].iloc[0]
+    flow = tables["flow"]
+    main_flow = flow[flow["variant"] == main].sort_values("order") if len(flow) else flow
+    fairness = {policy: {"ttft_p50_s": group.set_index("tenant")["ttft_p50_s"].to_dict()}
+                for policy, group in tables["tenants"].groupby("tenant_policy")}
+    served = measurements[(measurements["server"] == "ours") & (measurements["variant"] == main)]
     return {
         "runs": runs.to_dict(orient="records"),
-        "targets": targets(runs, measurements, cfg),
+        "ablation": tables["ablation"].to_dict(orient="records"),
+        "capacity": tables["capacity"].to_dict(orient="records"),
+        "long_prompts": tables["long"].to_dict(orient="records"),
+        "targets": t, "verdicts": verdicts(t),
+        "lever": meta["notes"].get("lever", ""),
         "flow_variant": main,
         "flow": main_flow[["stage", "label", "median_s", "n"]].to_dict(orient="records"),
         "flow_total_s": float(main_flow["median_s"].sum()) if len(main_flow) else math.nan,
@@ -166,12 +343,12 @@ def findings(measurements: pd.DataFrame, runs: pd.DataFrame, tenants: pd.DataFra
         "reference": meta["notes"].get("reference", {}),
         "failed_requests": {variant: run["failed"] for variant, run in meta["notes"]["runs"].items()},
         "requests": cfg["requests"], "prompt_tokens": cfg["prompt_tokens"], "output_tokens": cfg["output_tokens"],
-        "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"],
-        "headlines": [headline(f"TTFT, {main} (per request)", served.loc[(served["variant"] == main)
-                                                                         & (served["metric"] == "ttft_s"), "value"],
+        "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"], "slo_attainment": cfg["slo_attainment"],
+        "max_step_tokens": cfg["max_step_tokens"], "shared_prefix": cfg["shared_prefix"],
+        "long_prompt_workload": cfg["long_prompts"],
+        "headlines": [headline(f"TTFT, {main} (per request)", served.loc[served["metric"] == "ttft_s", "value"],
                                "s", "lower"),
-                      headline(f"TPOT, {main} (per request)", served.loc[(served["variant"] == main)
-                                                                         & (served["metric"] == "tpot_s"), "value"],
+                      headline(f"TPOT, {main} (per request)", served.loc[served["metric"] == "tpot_s", "value"],
                                "s", "lower"),
                       headline("engine decode step offline, batch 1",
                                per_repeat(measurements[measurements["variant"] == "offline_b1"], "decode_step_s"),
@@ -179,37 +356,36 @@ def findings(measurements: pd.DataFrame, runs: pd.DataFrame, tenants: pd.DataFra
     }
 
 
-def analyze(settings: dict, measurements_path, meta_path, spans_path, summary_path, runs_path, tenants_path,
-            flow_path, steps_path, stages_path, findings_path) -> None:
+def analyze(settings: dict, measurements_path, meta_path, requests_path, spans_path, outputs: dict) -> None:
     cfg = settings[PHASE]
-    measurements = pd.read_csv(measurements_path)
-    meta = read_json(meta_path)
-    spans = load_spans(spans_path)
-    summary = summary_table(measurements, ["variant", "metric"], settings["cv_warn"])
-    stages = request_stages(spans)
-    runs, tenants, flow, steps = (run_table(measurements), tenant_table(measurements), flow_table(stages),
-                                  steps_table(spans))
-    with staged(summary_path, runs_path, tenants_path, flow_path, steps_path, stages_path, findings_path) as temps:
-        summary_tmp, runs_tmp, tenants_tmp, flow_tmp, steps_tmp, stages_tmp, findings_tmp = temps
-        stages.to_csv(stages_tmp, index=False)
-        summary.to_csv(summary_tmp, index=False)
-        runs.to_csv(runs_tmp, index=False)
-        tenants.to_csv(tenants_tmp, index=False)
-        flow.to_csv(flow_tmp, index=False)
-        steps.to_csv(steps_tmp, index=False)
-        write_json(findings_tmp, findings(measurements, runs, tenants, flow, meta, cfg))
+    measurements, requests = pd.read_csv(measurements_path), pd.read_csv(requests_path)
+    meta, spans = read_json(meta_path), load_spans(spans_path)
+    stages, steps = request_stages(spans), steps_table(spans)
+    runs = run_table(measurements, requests, steps, spans, cfg)
+    tables = {"steps": steps, "stages": stages, "flow": flow_table(stages), "tenants": tenant_table(measurements),
+              "ablation": ablation_table(runs, cfg), "capacity": capacity_table(runs, cfg),
+              "long": long_prompt_table(requests, runs, cfg), "timeline": stream_timeline(requests, cfg),
+              "runs": runs, "summary": summary_table(measurements, ["variant", "metric"], settings["cv_warn"])}
+    names = [name for name in outputs if name != "findings"]
+    with staged(*[outputs[name] for name in names], outputs["findings"]) as temps:
+        for name, temp in zip(names, temps):
+            tables[name].to_csv(temp, index=False)
+        write_json(temps[-1], findings(measurements, runs, tables, meta, cfg))
 
 
 # ---- command line (python -m profiling d4_serving_analysis) --------------------------------------------------------
+OUTPUTS = ("summary", "runs", "ablation", "capacity", "long", "timeline", "tenants", "flow", "steps", "stages",
+           "findings")
+
+
 def add_arguments(parser) -> None:
     from ...config import settings_arg
 
     parser.add_argument("--settings", type=settings_arg, required=True)
-    for name in ("measurements", "meta", "spans", "summary", "runs", "tenants", "flow", "steps", "stages",
-                 "findings"):
+    for name in ("measurements", "meta", "requests", "spans", *OUTPUTS):
         parser.add_argument(f"--{name}", required=True)
 
 
 def cli(args) -> None:
-    analyze(args.settings, args.measurements, args.meta, args.spans, args.summary, args.runs, args.tenants,
-            args.flow, args.steps, args.stages, args.findings)
+    analyze(args.settings, args.measurements, args.meta, args.requests, args.spans,
+            {name: getattr(args, name) for name in OUTPUTS})

@@ -1,25 +1,34 @@
-"""D4 serving: what does a real inference service look like, and how does it hold up under load?
+"""D4 serving: what does a real inference service look like, and what makes one fast?
 
-Every run starts a server as its own process on 127.0.0.1 — ours (`python -m profiling serve`, with the run's
-scheduling and tenant policy, writing its server-side spans) or vLLM's OpenAI server (the reference, from
-.venv-reference when it exists) — waits until it answers, drives it with the load generator (random prompts of
-`prompt_tokens` tokens, `output_tokens` tokens each, Poisson arrivals at the run's rate or all at once), and stops
-it. The client runs in this process on the same machine as the server (both share its cores; the report says so).
+Every server runs as its own process on 127.0.0.1 — ours (`python -m profiling serve`, with the run's switches,
+writing its server-side spans) or vLLM's OpenAI server (the reference, from .venv-reference when it exists). Runs
+that share a server's switches share its process (variants.py groups them); each run is driven by the load
+generator in this process, on the same machine (both share its cores; the report says so).
 
-1. Offline baseline: the engine alone (no server) at batch 1 on the same prompt length and output length, timed
-   with the one recorder (variant offline_b1): the service's TPOT is compared with its decode step.
-2. Our server: every policy at the policy-comparison rate; the continuous policy at every rate of rates_req_per_s;
-   the tenant runs (one noisy tenant, admission fifo then fair).
-3. The reference server at every rate of rates_req_per_s (skipped with a note when .venv-reference is missing).
+1. Offline baseline: the engine alone (no server) at each of offline_batch_sizes, timed with the one recorder
+   (variant offline_b<B>): the service's TPOT is compared with the engine's step at the same batch size.
+2. Our server (variants.py): the ablation (slab -> paged -> chunked prefill -> prefix caching -> the lever), the
+   continuous policy at every rate of the capacity sweep, static and dynamic batching at the policy rate, the
+   shared-prefix workload (prefix caching on and off), the long-prompt workload at each step budget, the tenants.
+3. The reference server, once, with our switches where it has them (prefix caching, step budget, most sequences):
+   the capacity sweep, the shared-prefix and the long-prompt workloads (a note when .venv-reference is missing).
+
+Workloads: random (random prompts of prompt_tokens, output_tokens each, Poisson arrivals at the run's rate or all
+at once); prefix (one shared system prompt of prefix_tokens + a question of question_tokens); long (`streams`
+requests with long outputs at once, then `prompts` long prompts arriving one after another while they decode).
 
 Writes measurements.csv (tidy, knobs server/policy/request_rate/tenant), requests.csv (one row per request, client
-side), bench_results.json (one vLLM `bench serve` result per run), spans.jsonl (our server's span events, each
-with its run's variant), meta.json, and one Chrome trace per run of our server — all or nothing.
+side, with its run's variant and workload), bench_results.json (one vLLM `bench serve` result per run),
+spans.jsonl (our server's span events, each with its run's variant), meta.json (each run's switches), and one
+Chrome trace per run of our server — all or nothing.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import itertools
+import math
 import json
 import os
 import signal
@@ -28,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -40,8 +50,8 @@ from ...engine import generate
 from ...io import staged, write_json
 from ...measure import Run, timed_loads
 from ...metrics import Measurements, record_generation
-from ...serving import reference
-from ...serving.bench.loadgen import LoadSettings, random_prompts, run_load
+from ...serving.bench import reference
+from ...serving.bench.loadgen import LoadSettings, first_model, random_prompts, run_load_async
 from ...serving.api.settings import ServerSettings
 from ...serving.engine.spans import load_spans, write_chrome_trace
 from ...timing import timing_method
@@ -63,16 +73,42 @@ def server_threads(settings: dict, cfg: dict) -> int:
     return max(1, cores - 1) if settings["device"] == "cpu" else cores
 
 
+def resolve_lever(cfg: dict, settings: dict) -> str:
+    """The D5 lever our server applies when a run asks for it: the config's, or for auto the one that speeds up
+    batches on this machine (bfloat16 where the CPU has AMX tiles, int8_dynamic on other CPUs, none on a GPU,
+    whose dtype is already float16)."""
+    lever = cfg["lever"]
+    if lever != "auto":
+        return "" if lever in ("", "none") else lever
+    if settings["device"] != "cpu":
+        return ""
+    return "bfloat16" if "amx" in torch.backends.cpu.get_cpu_capability().lower() else "int8_dynamic"
+
+
 def server_settings(settings: dict, cfg: dict, run: LoadRun, spans_path: Path) -> ServerSettings:
     """Our server's settings for one run (port 0: the OS picks a free one)."""
     tenants = cfg["tenants"]
+    dtype = "bfloat16" if run.lever == "bfloat16" else settings["dtype"]
+    quantize = run.lever if run.lever.startswith("int8") else "none"
     return ServerSettings(
-        model=settings["model"], device=settings["device"], dtype=settings["dtype"],
-        threads=server_threads(settings, cfg),
-        port=0, policy=run.policy, max_batch=tenants["max_batch"] if run.tenants else cfg["max_batch"],
+        model=settings["model"], device=settings["device"], dtype=dtype, quantize=quantize,
+        threads=server_threads(settings, cfg), port=0, policy=run.policy,
+        max_batch=tenants["max_batch"] if run.workload == "tenants" else cfg["max_batch"],
+        kv_cache=run.kv_cache, kv_block_size=cfg["kv_block_size"], kv_cache_mib=cfg["kv_cache_mib"],
+        max_step_tokens=run.max_step_tokens, prefix_cache=run.prefix_cache,
         wait_window_ms=cfg["wait_window_ms"][run.policy], queue_depth=cfg["queue_depth"],
         tenant_policy=run.tenant_policy, tenant_cap=tenants["tenant_cap"] if run.tenant_policy == "fair" else 0,
-        max_tokens_limit=max(cfg["output_tokens"], 16), spans_out=str(spans_path)).check()
+        max_tokens_limit=max(cfg["output_tokens"], cfg["long_prompts"]["stream_output_tokens"], 16),
+        spans_out=str(spans_path)).check()
+
+
+def reference_args(cfg: dict) -> list[str]:
+    """vLLM's switches that match our server's defaults: prefix caching, chunked prefill under the same step
+    budget, the same most sequences."""
+    args = ["--enable-prefix-caching", "--max-num-seqs", str(cfg["max_batch"])]
+    if cfg["max_step_tokens"]:
+        args += ["--enable-chunked-prefill", "--max-num-batched-tokens", str(cfg["max_step_tokens"])]
+    return args
 
 
 @contextlib.contextmanager
@@ -116,31 +152,56 @@ def our_server(server: ServerSettings, log_path: Path):
         reader.join(timeout=5)
 
 
-def load_settings(cfg: dict, run: LoadRun, seed: int) -> LoadSettings:
-    """The load of one run: the tenant runs use their own request count and noisy-tenant mix."""
-    tenants = cfg["tenants"]
-    return LoadSettings(
-        num_requests=tenants["requests"] if run.tenants else cfg["requests"], prompt_tokens=cfg["prompt_tokens"],
-        output_tokens=cfg["output_tokens"], request_rate=run.rate, burstiness=cfg["burstiness"],
-        tenants=dict(tenants["mix"]) if run.tenants else {"default": 1.0}, slo_ttft_ms=cfg["slo_ttft_s"] * 1e3,
-        slo_tpot_ms=cfg["slo_tpot_s"] * 1e3, seed=seed, warmup_requests=cfg["warmup_requests"])
+def workload(cfg: dict, run: LoadRun, tokenizer, seed: int) -> tuple[LoadSettings, dict]:
+    """The load of one run: its settings and run_load_async's prompts (and, for the long-prompt workload, its
+    arrival times and output lengths). The warm-up prompts come last (spare ones that share no prefix)."""
+    tenants, slo = cfg["tenants"], {"slo_ttft_ms": cfg["slo_ttft_s"] * 1e3, "slo_tpot_ms": cfg["slo_tpot_s"] * 1e3}
+    common = {"burstiness": cfg["burstiness"], "seed": seed, "warmup_requests": cfg["warmup_requests"], **slo}
+    spare = max(cfg["warmup_requests"], 1)
+    if run.workload == "prefix":
+        shared = cfg["shared_prefix"]
+        system, _ = random_prompts(tokenizer, 1, shared["prefix_tokens"], seed + 7)[0]
+        questions = random_prompts(tokenizer, shared["requests"], shared["question_tokens"], seed + 8)
+        prompts = [(f"{system}\n{text}", len(tokenizer(f"{system}\n{text}").input_ids)) for text, _ in questions]
+        load = LoadSettings(num_requests=shared["requests"], prompt_tokens=shared["prefix_tokens"],
+                            output_tokens=shared["output_tokens"], request_rate=run.rate, **common)
+        return load, {"prompts": prompts + random_prompts(tokenizer, spare, shared["question_tokens"], seed + 9)}
+    if run.workload == "long":
+        long = cfg["long_prompts"]
+        streams = random_prompts(tokenizer, long["streams"], cfg["prompt_tokens"], seed + 10)
+        prompts = random_prompts(tokenizer, long["prompts"] + spare, long["prompt_tokens"], seed + 11)
+        count = long["streams"] + long["prompts"]
+        load = LoadSettings(num_requests=count, prompt_tokens=cfg["prompt_tokens"],
+                            output_tokens=long["output_tokens"], request_rate=math.inf, **common)
+        arrivals = [0.0] * long["streams"] + [long["arrive_after_s"] + i * long["gap_s"]
+                                              for i in range(long["prompts"])]
+        outputs = [long["stream_output_tokens"]] * long["streams"] + [long["output_tokens"]] * long["prompts"]
+        return load, {"prompts": streams + prompts, "arrivals": arrivals, "output_tokens": outputs}
+    count = tenants["requests"] if run.workload == "tenants" else cfg["requests"]
+    load = LoadSettings(num_requests=count, prompt_tokens=cfg["prompt_tokens"], output_tokens=cfg["output_tokens"],
+                        request_rate=run.rate, tenants=dict(tenants["mix"]) if run.workload == "tenants"
+                        else {"default": 1.0}, **common)
+    return load, {"prompts": random_prompts(tokenizer, count + spare, cfg["prompt_tokens"], seed)}
 
 
 # ---- the offline baseline ----------------------------------------------------------------------------------------
 def offline_baseline(settings: dict, cfg: dict, run_info: Run, tokenizer, rows: Measurements) -> None:
-    """The engine alone at batch 1: `offline_repeats` timed generations (after one warm-up) of output_tokens
-    tokens on a random prompt of prompt_tokens tokens — the decode step the service's TPOT is compared with."""
+    """The engine alone at each of offline_batch_sizes: `offline_repeats` timed generations (after one warm-up) of
+    offline_decode_steps tokens from B copies of a short random prompt — the decode step the service's TPOT is
+    compared with, at the batch size the service ran."""
     model, _, _, _ = timed_loads(settings["model"], run_info)
     torch.set_num_threads(server_threads(settings, cfg))  # the same threads as the server it is compared with
-    prompt, length = random_prompts(tokenizer, 1, cfg["prompt_tokens"], settings["seed"] + 1)[0]
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(run_info.precision.device)
-    mask = torch.ones_like(ids)
-    knobs = {"server": "engine", "policy": "offline", "batch_size": 1, "prompt_tokens": int(ids.shape[1]),
-             "max_new_tokens": cfg["output_tokens"], "threads": torch.get_num_threads()}
-    generate(model, ids, mask, cfg["output_tokens"])
-    for repeat in range(cfg["offline_repeats"]):
-        generation = generate(model, ids, mask, cfg["output_tokens"])
-        record_generation(rows, "offline_b1", repeat, generation.clock, int(generation.tokens.shape[1]), **knobs)
+    prompt, _ = random_prompts(tokenizer, 1, cfg["offline_prompt_tokens"], settings["seed"] + 1)[0]
+    for batch in cfg["offline_batch_sizes"]:
+        ids = tokenizer([prompt] * batch, return_tensors="pt")["input_ids"].to(run_info.precision.device)
+        mask = torch.ones_like(ids)
+        knobs = {"server": "engine", "policy": "offline", "batch_size": batch, "prompt_tokens": int(ids.shape[1]),
+                 "max_new_tokens": cfg["offline_decode_steps"] + 1, "threads": torch.get_num_threads()}
+        generate(model, ids, mask, 2)
+        for repeat in range(cfg["offline_repeats"]):
+            generation = generate(model, ids, mask, cfg["offline_decode_steps"] + 1)
+            record_generation(rows, f"offline_b{batch}", repeat, generation.clock, int(generation.tokens.shape[1]),
+                              request_ids=tuple(range(batch)), **knobs)
     del model
     gc.collect()
 
@@ -149,7 +210,11 @@ def offline_baseline(settings: dict, cfg: dict, run_info: Run, tokenizer, rows: 
 def run(settings: dict, measurements_path, meta_path, requests_path, bench_path, spans_path, traces: list) -> None:
     """Run every load run; write the data contract files and one trace per run of our server (all or nothing)."""
     cfg = settings[PHASE]
-    ours, theirs = our_runs(cfg), reference_runs(cfg)
+    lever = resolve_lever(cfg, settings)
+    ours = [replace(run, lever=lever if run.lever else "") for run in our_runs(cfg)]
+    order = list(dict.fromkeys(run.server_key for run in ours))
+    ours.sort(key=lambda run: order.index(run.server_key))  # one server process per set of switches
+    theirs = reference_runs(cfg)
     trace_for = {Path(path).name.removesuffix(".json.gz"): path for path in traces}
     if sorted(trace_for) != sorted(run.variant for run in ours):
         raise ValueError(f"trace paths {sorted(trace_for)} do not match the runs {[r.variant for r in ours]}")
@@ -159,30 +224,40 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
     offline_baseline(settings, cfg, run_info, tokenizer, rows)
 
     work = Path(tempfile.mkdtemp(prefix="d4-serving-"))
-    requests, bench, spans, notes = [], [], [], {"runs": {}}
+    requests, bench, spans, notes = [], [], [], {"runs": {}, "lever": lever, "servers": {}}
     progress = tqdm(total=len(ours) + len(theirs), desc="d4 serving", unit="run")
 
-    def drive(run: LoadRun, base_url: str, repeat: int = 0) -> None:
-        load = load_settings(cfg, run, settings["seed"])
-        result = run_load(base_url, None, load, tokenizer, label=run.variant)
-        result.add_rows(rows, run.variant, repeat, run.server, run.policy)
+    def drive(run: LoadRun, base_url: str) -> tuple[float, float]:
+        """One run against a started server; returns its window (perf_counter seconds, the servers' clock too)."""
+        started = time.perf_counter()
+        load, script = workload(cfg, run, tokenizer, settings["seed"])
+        model_name = first_model(base_url)
+        result = asyncio.run(run_load_async(base_url, model_name, load, label=run.variant, **script))
+        result.add_rows(rows, run.variant, 0, run.server, run.policy)
         frame = result.requests_frame()
         requests.append(frame.assign(variant=run.variant, server=run.server, policy=run.policy,
-                                     request_rate=run.rate))
+                                     workload=run.workload, request_rate=run.rate))
         bench.append({"variant": run.variant, "server": run.server, "policy": run.policy, **result.result})
-        notes["runs"][run.variant] = {"server": run.server, "policy": run.policy, "request_rate": run.rate,
-                                      "tenant_policy": run.tenant_policy, "duration_s": result.duration_s,
+        notes["runs"][run.variant] = {**asdict(run), "duration_s": result.duration_s,
                                       "failed": int((~frame["success"]).sum())}
         progress.update(1)
+        return started, time.perf_counter()
 
-    for load_run in ours:
-        progress.set_postfix_str(load_run.variant)
-        run_spans = work / f"{load_run.variant}.jsonl"
-        server = server_settings(settings, cfg, load_run, run_spans)
-        notes.setdefault("servers", {})[load_run.variant] = server.as_dict()
-        with our_server(server, work / f"{load_run.variant}.log") as base_url:
-            drive(load_run, base_url)
-        spans += [{**event, "variant": load_run.variant} for event in load_spans(run_spans)]
+    for key, group in itertools.groupby(ours, key=lambda run: run.server_key):
+        group = list(group)
+        first = group[0].variant
+        progress.set_postfix_str(first)
+        server = server_settings(settings, cfg, group[0], work / f"{first}.server.jsonl")
+        started = time.perf_counter()
+        windows = {}
+        with our_server(server, work / f"{first}.log") as base_url:
+            startup_s = time.perf_counter() - started
+            for load_run in group:
+                notes["servers"][load_run.variant] = {**server.as_dict(), "startup_s": startup_s}
+                windows[load_run.variant] = drive(load_run, base_url)
+        for variant, events in split_spans(load_spans(work / f"{first}.server.jsonl"), windows).items():
+            write_jsonl(work / f"{variant}.jsonl", events)
+            spans += [{**event, "variant": variant} for event in events]
 
     available, why = reference.reference_available()
     notes["reference"] = {"available": available, "note": why}
@@ -190,9 +265,10 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
     if available and cfg["reference"]["enabled"] and theirs and model_dir is not None:
         ref = reference.ReferenceSettings(dtype=run_info.precision.dtype, enforce_eager=cfg["reference"]["enforce_eager"],
                                           max_model_len=cfg["reference"]["max_model_len"],
-                                          log_path=work / "vllm.log")
+                                          log_path=work / "vllm.log", extra_args=reference_args(cfg))
         try:
             notes["reference"]["version"] = reference.reference_version(ref)
+            notes["reference"]["args"] = reference_args(cfg)
             started = time.perf_counter()
             with reference.reference_server(model_dir, ref) as base_url:
                 notes["reference"]["startup_s"] = time.perf_counter() - started
@@ -211,9 +287,7 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
         rows.write(measurements_tmp)
         pd.concat(requests, ignore_index=True).to_csv(requests_tmp, index=False)
         write_json(bench_tmp, bench)
-        with open(spans_tmp, "w") as f:
-            for event in spans:
-                f.write(json.dumps(event) + "\n")
+        write_jsonl(spans_tmp, spans)
         for variant, trace_tmp in zip(trace_for, trace_tmps):
             write_chrome_trace(work / f"{variant}.jsonl", trace_tmp)
         run_info.write_meta(meta_tmp, {
@@ -224,6 +298,31 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
             "server_threads": server_threads(settings, cfg),
             "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"],
         })
+
+
+
+def split_spans(events: list[dict], windows: dict[str, tuple[float, float]]) -> dict[str, list[dict]]:
+    """One server's span events split by run: a request goes to the run whose window holds its arrival, a step to
+    the run whose window holds its start (perf_counter is the machine's monotonic clock, shared by both
+    processes); each run's events start with the server's meta event."""
+    meta = [event for event in events if event["kind"] == "meta"]
+    arrival = {e["request_id"]: e["t"] for e in events if e["kind"] == "request" and e["event"] == "arrived"}
+
+    def run_of(event: dict) -> str | None:
+        t = event["start"] if event["kind"] == "step" else arrival.get(event.get("request_id"), event.get("t"))
+        return next((variant for variant, (start, end) in windows.items() if start <= t <= end), None)
+
+    split = {variant: list(meta) for variant in windows}
+    for event in events:
+        if event["kind"] != "meta" and (variant := run_of(event)) is not None:
+            split[variant].append(event)
+    return split
+
+
+def write_jsonl(path: Path, events: list[dict]) -> None:
+    with open(path, "w") as f:
+        for event in events:
+            f.write(json.dumps(event) + "\n")
 
 
 # ---- command line (python -m profiling d4_serving) ---------------------------------------------------------------

@@ -1,5 +1,6 @@
-# D4 serving (see experiment.py beside this file): our OpenAI-compatible service under load (policies, rates,
-# tenants) beside vLLM's server; then the run table, goodput, tenants and the flow's stage times.
+# D4 serving (see experiment.py beside this file): our OpenAI-compatible service under load, one idea at a time
+# (paged KV, chunked prefill, prefix caching, a D5 lever), the capacity sweep, workloads with shared prefixes and
+# long prompts, policies and tenants, beside vLLM's server; then the tables, targets and the flow's stage times.
 
 from profiling.phases.d4_serving.variants import trace_variants as d4_serving_trace_variants
 
@@ -34,10 +35,15 @@ rule d4_serving_analysis:
     input:
         measurements=rules.d4_serving.output.measurements,
         meta=rules.d4_serving.output.meta,
+        requests=rules.d4_serving.output.requests,
         spans=rules.d4_serving.output.spans,
     output:
         summary=f"{RUN}/data/d4_serving/summary.csv",
         runs=f"{RUN}/data/d4_serving/runs.csv",
+        ablation=f"{RUN}/data/d4_serving/ablation.csv",
+        capacity=f"{RUN}/data/d4_serving/capacity.csv",
+        long=f"{RUN}/data/d4_serving/long_prompts.csv",
+        timeline=f"{RUN}/data/d4_serving/stream_timeline.csv",
         tenants=f"{RUN}/data/d4_serving/tenants.csv",
         flow=f"{RUN}/data/d4_serving/flow.csv",
         steps=f"{RUN}/data/d4_serving/steps.csv",
@@ -49,8 +55,9 @@ rule d4_serving_analysis:
         f"{RUN}/logs/d4_serving_analysis.log",
     shell:
         "{PROFILING} d4_serving_analysis --settings {params.settings:q} --measurements {input.measurements}"
-        " --meta {input.meta} --spans {input.spans} --summary {output.summary} --runs {output.runs}"
-        " --tenants {output.tenants} --flow {output.flow} --steps {output.steps}"
+        " --meta {input.meta} --requests {input.requests} --spans {input.spans} --summary {output.summary}"
+        " --runs {output.runs} --ablation {output.ablation} --capacity {output.capacity} --long {output.long}"
+        " --timeline {output.timeline} --tenants {output.tenants} --flow {output.flow} --steps {output.steps}"
         " --stages {output.stages} --findings {output.findings}"
         " 2>&1 | tee {log}"
 

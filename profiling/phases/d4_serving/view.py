@@ -1,5 +1,6 @@
-"""The D4 section of the report: the flow diagram from measured spans, latency and goodput by policy and rate,
-queue depth and running batch over time, a per-request swimlane, the tenant table and the reference comparison."""
+"""The D4 section of the report: the flow diagram from measured spans, the capacity sweep (latency, attainment and
+throughput by rate, ours and vLLM's), the streams' inter-token gaps while long prompts arrive, queue depth and
+running batch over time, a per-request swimlane; its tables come from the analysis as they are."""
 from __future__ import annotations
 
 import math
@@ -61,20 +62,26 @@ def rate_axis(rates: pd.Series) -> tuple[pd.Series, list, list]:
     return xs, ticks, labels
 
 
-def latency_by_rate(runs: pd.DataFrame, figures: Path) -> str:
-    """TTFT and TPOT (p50 filled, p99 hollow) of each policy and the reference at each request rate."""
-    rows = runs[~runs["variant"].str.startswith("tenants_")].copy()
+def capacity_by_rate(capacity: pd.DataFrame, slo: dict, figures: Path) -> str:
+    """TTFT and TPOT p50 (p99 dashed) with the SLO lines, SLO attainment and output tok/s of each server at each
+    rate of the sweep."""
+    rows = capacity.copy()
     rows["x"], ticks, labels = rate_axis(rows["request_rate"])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for policy, group in rows.groupby("policy"):
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for server, group in rows.groupby("server"):
         group = group.sort_values("x")
-        colour = POLICY_COLOURS.get(policy, "#333333")
+        colour = POLICY_COLOURS["vllm" if server == "vllm" else "continuous"]
         for ax, metric in zip(axes[:2], ("ttft", "tpot")):
-            ax.plot(group["x"], group[f"{metric}_p50_s"] * 1e3, marker="o", color=colour, label=f"{policy} p50")
+            ax.plot(group["x"], group[f"{metric}_p50_s"] * 1e3, marker="o", color=colour, label=f"{server} p50")
             ax.plot(group["x"], group[f"{metric}_p99_s"] * 1e3, marker="o", color=colour, linestyle="--",
-                    markerfacecolor="none", label=f"{policy} p99")
-        axes[2].plot(group["x"], group["goodput_req_per_s"], marker="s", color=colour, label=policy)
-    for ax, title in zip(axes, ("TTFT (ms)", "TPOT (ms)", "goodput (req/s meeting both SLOs)")):
+                    markerfacecolor="none", label=f"{server} p99")
+        axes[2].plot(group["x"], group["attainment"] * 100, marker="s", color=colour, label=server)
+        axes[3].plot(group["x"], group["output_tok_per_s"], marker="s", color=colour, label=server)
+    axes[0].axhline(slo["ttft_s"] * 1e3, color="#999999", linewidth=0.8, label="SLO")
+    axes[1].axhline(slo["tpot_s"] * 1e3, color="#999999", linewidth=0.8, label="SLO")
+    axes[2].axhline(slo["attainment"] * 100, color="#999999", linewidth=0.8, label="within capacity")
+    titles = ("TTFT (ms)", "TPOT (ms)", "requests meeting both SLOs (%)", "output tok/s")
+    for ax, title in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_xticks(ticks, labels, fontsize=8)
         ax.minorticks_off()
@@ -83,7 +90,28 @@ def latency_by_rate(runs: pd.DataFrame, figures: Path) -> str:
         ax.set_ylim(bottom=0)
     axes[0].legend(fontsize=6, ncol=2)
     axes[2].legend(fontsize=7)
-    return save(fig, figures, f"{PHASE}_latency_goodput")
+    return save(fig, figures, f"{PHASE}_capacity")
+
+
+def stream_gaps(timeline: pd.DataFrame, variants: list[str], figures: Path) -> str | None:
+    """The streams' inter-token gaps over time while long prompts arrive (one panel per run), with each long
+    prompt's arrival (dotted) and first token (solid)."""
+    shown = [variant for variant in variants if (timeline["variant"] == variant).any()]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.2), sharey=True, squeeze=False)
+    for ax, variant in zip(axes[0], shown):
+        rows = timeline[timeline["variant"] == variant]
+        for request, tokens in rows[rows["kind"] == "token"].groupby("request_id"):
+            ax.plot(tokens["t_s"], tokens["gap_s"] * 1e3, marker=".", linewidth=0.8, label=f"stream {request}")
+        for kind, style in (("arrival", ":"), ("first_token", "-")):
+            for t in rows.loc[rows["kind"] == kind, "t_s"]:
+                ax.axvline(t, color="#d62728", linestyle=style, linewidth=0.8)
+        ax.set_title(variant, fontsize=10)
+        ax.set_xlabel("seconds since the run started")
+    axes[0][0].set_ylabel("gap before each token (ms)")
+    axes[0][0].legend(fontsize=7)
+    return save(fig, figures, f"{PHASE}_stream_gaps")
 
 
 def queue_over_time(steps: pd.DataFrame, variant: str, figures: Path) -> str | None:
@@ -125,13 +153,18 @@ def swimlane(stages: pd.DataFrame, variant: str, figures: Path) -> str | None:
 def view(reports: Path, figures: Path) -> dict | None:
     """Everything the D4 section shows, or None when D4 has not been analysed in this run directory."""
     files = read_data_files(reports / DATA, ("findings.json", "runs.csv", "tenants.csv", "flow.csv", "steps.csv",
-                                             "stages.csv", "meta.json"))
+                                             "stages.csv", "capacity.csv", "stream_timeline.csv", "meta.json"))
     if files is None:
         return None
     findings, runs = files["findings.json"], files["runs.csv"]
     main = findings["flow_variant"]
-    high = f"continuous_r{findings['targets']['high_rate']}"
     ours = runs[runs["server"] == "ours"]
+    busiest = ours[ours["variant"].str.startswith("continuous_r")].sort_values("request_rate")["variant"].tolist()
+    budgets = [f"long_{row['budget'] or 'off'}" if row["server"] == "ours" else row["variant"]
+               for row in findings["long_prompts"]]
+    slo = {"ttft_s": findings["slo_ttft_s"], "tpot_s": findings["slo_tpot_s"],
+           "attainment": findings["slo_attainment"]}
+    capacity = files["capacity.csv"]
     return {
         "findings": findings,
         "meta": files["meta.json"],
@@ -139,8 +172,9 @@ def view(reports: Path, figures: Path) -> dict | None:
         "tenants": files["tenants.csv"].to_dict(orient="records"),
         "figures": {
             "flow": flow_diagram(files["flow.csv"], main, figures),
-            "latency": latency_by_rate(runs, figures) if len(runs) else None,
-            "queue": queue_over_time(files["steps.csv"], high if high in set(ours["variant"]) else main, figures),
+            "capacity": capacity_by_rate(capacity, slo, figures) if len(capacity) else None,
+            "stream_gaps": stream_gaps(files["stream_timeline.csv"], budgets, figures),
+            "queue": queue_over_time(files["steps.csv"], busiest[-1] if busiest else main, figures),
             "swimlane": swimlane(files["stages.csv"], main, figures),
         },
         "traces": [{"variant": variant, "path": (TRACES / f"{variant}.json.gz").as_posix()}

@@ -243,13 +243,13 @@ def stage_durations(events: list[dict] | str | Path) -> pd.DataFrame:
 def step_table(events: list[dict] | str | Path) -> pd.DataFrame:
     """The worker's steps as a DataFrame: step, phase (prefill, decode, or mixed: prompt chunks beside decodes),
     start_s (from the first event), seconds, batch_size, tokens_in, prompt_tokens_in, waiting, running (queue
-    depth and running batch over time), kv_bytes_reserved and kv_tokens_held (KV memory against the tokens it
-    holds; NaN where the step did not record them)."""
+    depth and running batch over time), kv_bytes_reserved and kv_bytes_held (KV memory reserved against the bytes
+    of the tokens it holds; NaN where the step did not record them)."""
     if not isinstance(events, list):
         events = load_spans(events)
     origin = _origin(events)
     columns = ["batch_size", "tokens_in", "prompt_tokens_in", "waiting", "running", "kv_bytes_reserved",
-               "kv_tokens_held"]
+               "kv_bytes_held"]
     rows = [{"step": e["step"], "phase": e["phase"], "start_s": e["start"] - origin, "seconds": e["end"] - e["start"],
              **{name: e.get(name) for name in columns}} for e in events if e["kind"] == "step"]
     return pd.DataFrame(rows, columns=["step", "phase", "start_s", "seconds", *columns])

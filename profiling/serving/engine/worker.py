@@ -99,11 +99,11 @@ class Worker:
         prompt_tokens = sum(tokens for _, tokens in items if tokens > 1)
         self.metrics.prompt_tokens.inc(prompt_tokens)
         self._hand_over(picked, host_tokens, ready, index)
-        blocks = self.scheduler.blocks
+        pool, held = self.runner.pool, sum(seq.num_computed_tokens for seq in self.scheduler.running_now())
         self.spans.step(index, step.kind, start, time.perf_counter(), batch_size=len(items),
                         tokens_in=sum(tokens for _, tokens in items), prompt_tokens_in=prompt_tokens,
-                        kv_bytes_reserved=blocks.num_used * self.runner.pool.bytes_per_block,
-                        kv_tokens_held=sum(seq.num_computed_tokens for seq, _ in items), **self._counts())
+                        kv_bytes_reserved=self.scheduler.blocks.num_used * pool.bytes_per_block,
+                        kv_bytes_held=held * pool.bytes_per_block // pool.block_size, **self._counts())
 
     # ---- the two slab steps ------------------------------------------------------------------------------------
     def _prefill(self, sequences: list[Sequence]) -> None:
@@ -152,12 +152,15 @@ class Worker:
                         prompt_tokens_in=0, kv_columns=columns, **kv, **self._counts())
 
     def _slab_kv(self) -> dict:
-        """Bytes the running batch's slabs reserve (padding and spare columns included) and tokens they hold."""
+        """Bytes the running batch's slabs reserve (padding and spare columns included) and the bytes of the
+        tokens they hold."""
         if self.state is None:
-            return {"kv_bytes_reserved": 0, "kv_tokens_held": 0}
+            return {"kv_bytes_reserved": 0, "kv_bytes_held": 0}
         layers = self.state.cache.layers
-        return {"kv_bytes_reserved": sum(layer.key_slab.nbytes + layer.value_slab.nbytes for layer in layers),
-                "kv_tokens_held": int(self.state.mask.sum())}
+        reserved = sum(layer.key_slab.nbytes + layer.value_slab.nbytes for layer in layers)
+        slots = sum(layer.key_slab.shape[0] * layer.key_slab.shape[2] for layer in layers)
+        return {"kv_bytes_reserved": reserved, "kv_bytes_held": reserved * int(self.state.mask.sum()) * len(layers)
+                // max(slots, 1)}
 
     # ---- after a step ---------------------------------------------------------------------------------------
     def _hand_over(self, sequences: list[Sequence], tokens: list[int], ready: float, step: int) -> None:
