@@ -129,7 +129,8 @@ def cli(args) -> None:
 
 def phase_wall_times(run_dir, phase_names) -> list[dict]:
     """How long each phase's experiment took, from its meta.json (data/<phase>/meta.json): phase, started_at and
-    ended_at (UTC, ISO 8601) and wall_s (seconds, end - start); phases not yet measured are left out."""
+    ended_at (UTC, ISO 8601, whole seconds) and wall_s (seconds: the experiment's own clock between the two when
+    recorded, else end - start); phases not yet measured are left out."""
     import json
     from pathlib import Path
 
@@ -142,6 +143,6 @@ def phase_wall_times(run_dir, phase_names) -> list[dict]:
         start, end = meta.get("started_at"), meta.get("ended_at")
         if not (start and end):
             continue
-        wall = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+        wall = meta.get("wall_s") or (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
         rows.append({"phase": name, "started_at": start, "ended_at": end, "wall_s": wall})
     return rows
