@@ -1,23 +1,15 @@
-"""The scheduler: decides what the worker runs next, one step at a time (after nano-vllm's scheduler).
+"""The scheduler: what the worker runs next, one step at a time (after nano-vllm's scheduler).
 
-    waiting  requests not started yet (WaitingQueue: fifo or fair across tenants; preempted ones go first)
-    running  sequences admitted into the batch
-
-`next_step()` returns a Step, or None once the server is stopping and nothing is left, and blocks while there is
-nothing to do. Admission follows the policy:
-    continuous  whenever requests wait and the batch has room (max_batch sequences, and KV blocks when paged)
-    static,     only when the batch is empty, once the launch rule holds (settings.py); it then runs to
-    dynamic     completion
-
-With the slab KV cache (no block manager) a step is Step("prefill", admitted) or Step("decode", running).
-With the paged KV cache a step is a list of (sequence, tokens) items, one packed forward:
-    max_step_tokens 0   a prefill-only step while prompts are pending (whole prompts), else a decode step
-    max_step_tokens N   every decode first (1 token each), then prompt chunks until N tokens: pending prompts
-                        in admission order, then new admissions (chunked prefill, mixed rows)
-Before a decode needs a block that is not free, the newest running sequence is preempted: its blocks go back
-and it re-enters the front of the queue, to be recomputed (prompt and output so far) when admitted again.
-
-The front end calls `add` and `cancel` (asyncio thread), the worker `next_step` and `finish`, under one lock.
+`waiting` holds requests not started (WaitingQueue: fifo or fair; preempted ones go first), `running` the admitted
+ones. `next_step()` returns a Step (None once stopping with nothing left), blocking while there is nothing to do.
+Admission: continuous whenever the batch has room (max_batch, and free KV blocks when paged); static and dynamic
+only into an empty batch once the launch rule holds (settings.py), which then runs to completion.
+A slab step is Step("prefill", admitted) or Step("decode", running). A paged step is (sequence, tokens) items in
+one packed forward: with max_step_tokens 0 whole prompts run in steps of their own, else every decode goes first
+(1 token each), then prompt chunks fill the budget (pending prompts, then new admissions). When a decode needs a
+block and none is free, the newest running sequence is preempted: its blocks go back and it waits at the front of
+the queue, to be recomputed (prompt and output so far). The front end calls `add` and `cancel` (asyncio thread),
+the worker `next_step` and `finish`, under one lock.
 """
 from __future__ import annotations
 
@@ -47,7 +39,7 @@ class Scheduler:
         self.policy = policy
         self.blocks = blocks                      # BlockManager (paged) or None (slab)
         self.max_step_tokens = max_step_tokens    # paged: token budget of a step (0: prompts run whole, alone)
-        self.preempted: list[Sequence] = []       # preempted since the worker last asked (take_preempted)
+        self.preempted: list[Sequence] = []       # preempted since the worker last asked
         self.max_batch = max_batch
         self.wait_window_s = wait_window_s
         self.waiting = waiting
@@ -94,6 +86,7 @@ class Scheduler:
             return list(self.running)
 
     def take_preempted(self) -> list[Sequence]:
+        """The sequences preempted since the worker last asked."""
         with self._changed:
             preempted, self.preempted = self.preempted, []
             return preempted
@@ -120,35 +113,26 @@ class Scheduler:
 
     def _schedule(self, now: float) -> tuple[Step | None, float | None]:
         """(the step to run now, or None and how long to wait before asking again: None = until notified)."""
+        may_admit, wait_s = self._may_admit(now)
         if self.blocks is not None:
-            return self._schedule_paged(now)
+            return self._schedule_paged(may_admit, wait_s)
+        admitted = self._admit(self.max_batch - len(self.running)) if may_admit else []
+        if admitted:
+            return Step("prefill", admitted), None
+        return (Step("decode", list(self.running)), None) if self.running else (None, wait_s)
+
+    def _may_admit(self, now: float) -> tuple[bool, float | None]:
+        """(whether waiting requests may join now, else how long until a static or dynamic batch may launch)."""
         if self.policy == "continuous":
-            free = self.max_batch - len(self.running)
-            if free > 0 and len(self.waiting):
-                admitted = self._admit(free)
-                if admitted:
-                    return Step("prefill", admitted), None
-            return (Step("decode", list(self.running)), None) if self.running else (None, None)
-
-        if self.running:  # static and dynamic run a batch to completion
-            return Step("decode", list(self.running)), None
-        due_in = self._launch_due_in(now)
-        if due_in is None:
-            return None, None
-        if due_in > 0 and not self.stopping:
-            return None, due_in
-        admitted = self._admit(self.max_batch)
-        return (Step("prefill", admitted), None) if admitted else (None, None)
-
-    def _launch_due_in(self, now: float) -> float | None:
-        """Seconds until a static or dynamic batch may launch (0: now); None when nothing waits."""
-        if not len(self.waiting):
-            return None
-        if len(self.waiting) >= self.max_batch:
-            return 0.0
-        if self.policy == "static":  # the queue has drained: nothing new for a whole window
-            return max(0.0, self.waiting.newest_arrival() + self.wait_window_s - now)
-        return max(0.0, self.waiting.oldest_arrival() + self.wait_window_s - now)  # dynamic
+            return True, None
+        if self.running or not len(self.waiting):  # static and dynamic run a batch to completion
+            return False, None
+        if len(self.waiting) >= self.max_batch or self.stopping:
+            return True, None
+        newest = self.policy == "static"  # static: the queue has drained, nothing new for a whole window
+        arrival = self.waiting.newest_arrival() if newest else self.waiting.oldest_arrival()
+        due_in = arrival + self.wait_window_s - now
+        return (True, None) if due_in <= 0 else (False, due_in)
 
     def _admit(self, count: int) -> list[Sequence]:
         admitted = self.waiting.pop(count, Counter(seq.tenant for seq in self.running))
@@ -158,13 +142,7 @@ class Scheduler:
         return admitted
 
     # ---- paged KV cache ------------------------------------------------------------------------------------
-    def _schedule_paged(self, now: float) -> tuple[Step | None, float | None]:
-        wait_s = None
-        may_admit = self.policy == "continuous" or not self.running
-        if may_admit and self.policy != "continuous":
-            wait_s = self._launch_due_in(now)
-            may_admit = wait_s is not None and (wait_s <= 0 or self.stopping)
-            wait_s = None if may_admit else wait_s
+    def _schedule_paged(self, may_admit: bool, wait_s: float | None) -> tuple[Step | None, float | None]:
         prompts = [seq for seq in self.running if seq.pending_tokens > 1]
         if not self.max_step_tokens:  # no chunking: prompts run whole, in a step of their own
             if may_admit:
@@ -172,13 +150,13 @@ class Scheduler:
             if prompts:
                 return Step("prefill", prompts, [seq.pending_tokens for seq in prompts]), None
         decodes = self._decodes()
-        chunks, budget = [], self.max_step_tokens - len(decodes)
+        prompts = [seq for seq in prompts if seq in self.running]  # a decode may have preempted one
+        budget = self.max_step_tokens - len(decodes)
+        if may_admit:
+            prompts += self._admit_paged(budget - sum(seq.pending_tokens for seq in prompts))
+        chunks = []
         for seq in prompts:
-            if budget > 0 and seq in self.running:
-                chunks.append((seq, min(seq.pending_tokens, budget)))
-                budget -= chunks[-1][1]
-        if budget > 0 and may_admit:
-            for seq in self._admit_paged(budget):
+            if budget > 0:
                 chunks.append((seq, min(seq.pending_tokens, budget)))
                 budget -= chunks[-1][1]
         if not decodes and not chunks:
