@@ -562,3 +562,131 @@ def test_server_serves_with_quantised_linears(start, tiny_model, quantize):
         assert reply["choices"][0]["token_ids"] == alone_tokens((model, tiny_model[1]), PROMPTS[3], 6)
     assert len(reply["choices"][0]["token_ids"]) == 6
     assert any(isinstance(m, torch.nn.Linear) for m in tiny_model[0].modules())  # the shared model is untouched
+
+
+# ---- paths of the front end ------------------------------------------------------------------------------------
+def test_requests_the_server_cannot_serve_answer_400_naming_the_field(start):
+    server = start()
+    url = f"{server.base_url}/v1/completions"
+    context = server.service.context_tokens
+    cases = [({"prompt": "hi", "max_tokens": 4, "n": 2}, "n"),
+             ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
+             ({"prompt": "hi", "max_tokens": 4, "min_tokens": -1}, "min_tokens"),
+             ({"prompt": "hi", "max_tokens": 4, "temperature": -0.5}, "temperature"),
+             ({"prompt": "", "max_tokens": 4}, "prompt"),
+             ({"prompt": ["one", "two"], "max_tokens": 4}, "prompt"),
+             ({"prompt": [5] * (context - 10), "max_tokens": 20}, "max_tokens")]
+    for body, param in cases:
+        reply = httpx.post(url, json=body, timeout=30)
+        assert reply.status_code == 400, (body, reply.text)
+        assert reply.json()["error"]["param"] == param, (body, reply.text)
+    assert httpx.post(url, json={"prompt": "still fine", "max_tokens": 2}, timeout=30).status_code == 200
+
+
+def test_draining_server_answers_503_and_finishes_what_runs(start, slow_steps):
+    server = start(max_batch=2)
+    url = f"{server.base_url}/v1/completions"
+    result = {}
+
+    def running_request():
+        result["reply"] = httpx.post(url, json={"prompt": "in flight", "max_tokens": 20, "ignore_eos": True},
+                                     timeout=60)
+
+    runner = threading.Thread(target=running_request)
+    runner.start()
+    wait_for(lambda: metric_samples(server.base_url)[("llm_running_batch", ())] == 1)
+    server.service.scheduler.stop()  # what SIGTERM does first: no new requests, the running ones drain
+    refused = httpx.post(url, json={"prompt": "too late", "max_tokens": 2}, timeout=30)
+    assert refused.status_code == 503 and refused.json()["error"]["type"] == "service_unavailable"
+    runner.join(60)
+    assert result["reply"].status_code == 200 and result["reply"].json()["usage"]["completion_tokens"] == 20
+
+
+def test_a_queued_request_whose_client_leaves_never_runs(start, slow_steps):
+    server = start(max_batch=1)
+    url = f"{server.base_url}/v1/completions"
+    with httpx.stream("POST", url, json={"prompt": "blocker", "max_tokens": 1500, "ignore_eos": True,
+                                         "stream": True}, timeout=30) as blocker:
+        lines = blocker.iter_lines()  # kept: the blocker's stream stays open
+        first_chunk(lines)
+        with httpx.stream("POST", url, json={"prompt": "waits", "max_tokens": 5, "stream": True}, timeout=30):
+            wait_for(lambda: metric_samples(server.base_url)[("llm_queue_depth", ())] == 1)
+        wait_for(lambda: metric_samples(server.base_url)[("llm_queue_depth", ())] == 0)
+        wait_for(lambda: metric_samples(server.base_url)[("llm_requests_total", (("status", "cancelled"),))] == 1)
+    server.stop()
+    events = spans_module.load_spans(server.settings.spans_out)
+    admitted = {e["request_id"] for e in events if e.get("event") == "admitted"}
+    assert len(admitted) == 1  # only the blocker ever ran
+
+
+def test_a_non_streaming_client_that_leaves_cancels_its_request(start, slow_steps):
+    server = start()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/v1/completions", json={"prompt": "long", "max_tokens": 1500,
+                                                              "ignore_eos": True}, timeout=1.0)
+    wait_for(lambda: metric_samples(server.base_url)[("llm_requests_total", (("status", "cancelled"),))] == 1)
+    assert metric_samples(server.base_url)[("llm_generated_tokens_total", ())] < 1500
+
+
+def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_chunk(start, tiny_model):
+    server = start()
+    calls = {"n": 0}
+
+    def fail_on_fourth(module, args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("injected failure")
+
+    handle = tiny_model[0].register_forward_pre_hook(fail_on_fourth)
+    try:
+        with httpx.stream("POST", f"{server.base_url}/v1/completions", timeout=30,
+                          json={"prompt": "boom", "max_tokens": 10, "ignore_eos": True, "stream": True}) as reply:
+            payloads = sse_payloads(reply)
+    finally:
+        handle.remove()
+    tokens = [p for p in payloads if isinstance(p, dict) and p.get("choices")]
+    assert len(tokens) == 3  # three steps made tokens, the fourth failed
+    assert "injected failure" in payloads[-2]["error"]["message"] and payloads[-1] == "[DONE]"
+
+
+def test_end_of_sequence_ends_with_stop(start, tiny_model):
+    server = start()
+    eos = tiny_model[1].eos_token_id
+
+    def prefer_eos(module, args, output):
+        output.logits[..., eos] += 1e4
+
+    handle = tiny_model[0].register_forward_hook(prefer_eos)
+    try:
+        reply = httpx.post(f"{server.base_url}/v1/completions", timeout=30,
+                           json={"prompt": "stop soon", "max_tokens": 10, "min_tokens": 2,
+                                 "return_token_ids": True}).json()
+    finally:
+        handle.remove()
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["token_ids"][-1] == eos and eos not in choice["token_ids"][:-1]
+    assert len(choice["token_ids"]) == 3  # two tokens below min_tokens, then end of sequence
+
+
+def test_tenant_cap_holds_through_the_server(start, slow_steps):
+    server = start(max_batch=4, tenant_policy="fair", tenant_cap=1)
+    url = f"{server.base_url}/v1/completions"
+    bodies = [{"prompt": f"noisy {i}", "max_tokens": 6, "ignore_eos": True, "user": "noisy"} for i in range(3)]
+    bodies.append({"prompt": "quiet", "max_tokens": 6, "ignore_eos": True, "user": "quiet"})
+    replies = asyncio.run(_staggered_requests(server.base_url, bodies, gap_s=0.0))
+    assert all(r["usage"]["completion_tokens"] == 6 for r in replies)
+    server.stop()
+    steps = spans_module.step_table(server.settings.spans_out)
+    assert steps.running.max() <= 2  # one noisy and one quiet at most, though the batch had room for four
+
+
+def test_streamed_text_is_the_decoded_token_ids(start, tiny_model):
+    server = start()
+    body = {"prompt": PROMPTS[3], "max_tokens": 24, "ignore_eos": True}
+    ids = httpx.post(f"{server.base_url}/v1/completions", json={**body, "return_token_ids": True},
+                     timeout=30).json()["choices"][0]["token_ids"]
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**body, "stream": True},
+                      timeout=30) as reply:
+        text = "".join(p["choices"][0]["text"] for p in sse_payloads(reply) if isinstance(p, dict) and p["choices"])
+    assert text == tiny_model[1].decode(ids)

@@ -112,7 +112,8 @@ class Service:
         return depth
 
     def cancel(self, seq) -> None:
-        self.scheduler.cancel(seq)
+        if self.scheduler.cancel(seq):  # it never ran: it ends here, counted like any other outcome
+            self.metrics.observe_finished(seq)
 
     # ---- requests -> token ids ------------------------------------------------------------------------------
     def completion_prompt_ids(self, prompt) -> list[int]:

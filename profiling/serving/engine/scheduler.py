@@ -59,15 +59,15 @@ class Scheduler:
             self._changed.notify_all()
             return len(self.waiting)
 
-    def cancel(self, seq: Sequence) -> None:
-        """The client went away: a waiting request leaves the queue now; a running one is dropped by the worker
-        before its next step."""
+    def cancel(self, seq: Sequence) -> bool:
+        """The client went away: a waiting request leaves the queue now (returns True); a running one is dropped
+        by the worker before its next step."""
         with self._changed:
             seq.cancelled = True
-            if self.waiting.remove(seq):
-                seq.status = Status.FINISHED
-                seq.finish_reason = "cancelled"
+            if left := self.waiting.remove(seq):
+                seq.status, seq.finish_reason = Status.FINISHED, "cancelled"
             self._changed.notify_all()
+            return left
 
     def stop(self) -> None:
         """Accept nothing new; the worker finishes what is queued and running, then `next_step` returns None."""
