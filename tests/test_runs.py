@@ -3,6 +3,7 @@ interrupted run that touches no other run, and the cluster profile's dry run."""
 import json
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -38,8 +39,17 @@ def test_two_runs_coexist_and_compare_with_ratios(two_runs):
     compare = (two_runs / "reports/compare.md").read_text()
     assert all(run in compare for run in runs)
     assert compare.count("(baseline)") == 1
-    # every headline of the second run carries a ratio with its confidence interval
-    assert re.search(r"\*\*\d+\.\d+×\*\* \[\d+\.\d+× – \d+\.\d+×\]", compare) and "not measured" not in compare
+    assert "not measured" not in compare
+    # each headline of the other run carries its ratio to the baseline: the ratio of the two runs' medians
+    baseline = re.search(r"\[([^\]]+)\]\(runs/[^)]+\) \(baseline\)", compare).group(1)
+    other = next(run for run in runs if run != baseline)
+    medians = {run: {h["label"]: statistics.median(h["values"]) for h in json.loads(
+        (two_runs / "reports/runs" / run / "data/d1_request/findings.json").read_text())["headlines"]} for run in runs}
+    for label, base in medians[baseline].items():
+        row = next(line for line in compare.splitlines() if line.startswith(f"| {label} ("))
+        ratio, low, high = (float(x) for x in re.search(r"\*\*([\d.]+)×\*\* \[([\d.]+)× – ([\d.]+)×\]", row).groups())
+        assert ratio == pytest.approx(medians[other][label] / base, abs=0.006), (label, row)
+        assert low <= ratio <= high
     index = (two_runs / "reports/index.html").read_text()
     assert '<base href="runs/' in index and "compare runs side by side" in index
 
@@ -74,7 +84,7 @@ def test_unknown_model_stops_before_any_job_and_changes_nothing(two_runs):
     assert checksums(two_runs / "reports") == before
 
 
-def test_interrupted_run_leaves_the_other_runs_untouched(two_runs):
+def test_interrupted_run_leaves_the_other_runs_untouched_and_resumes(two_runs):
     before = checksums(two_runs / "reports" / "runs")
     command = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(REPO / "Snakefile"),
                "--directory", str(two_runs), "--configfile", str(SMOKE), "--config", "profiles={quick: {}}", "profile=quick"]
@@ -92,6 +102,15 @@ def test_interrupted_run_leaves_the_other_runs_untouched(two_runs):
     assert after == before
     partial = [path for path in (two_runs / "reports/runs").rglob("*.partial")]
     assert partial == []
+    # the interrupted step resumes to completion: its phase's findings, and nothing left to do for them
+    findings = quick.parent.parent / "data" / quick.stem / "findings.json"
+    target = str(findings.relative_to(two_runs))
+    resumed = snakemake(two_runs, "--config", "profiles={quick: {}}", "profile=quick", "--rerun-incomplete", target)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert json.loads(findings.read_text())["headlines"]
+    assert list((two_runs / "reports/runs").rglob("*.partial")) == []
+    again = snakemake(two_runs, "--config", "profiles={quick: {}}", "profile=quick", "--dry-run", target)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_slurm_profile_plans_every_job_with_its_resources(tmp_path):
