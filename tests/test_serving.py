@@ -690,3 +690,34 @@ def test_streamed_text_is_the_decoded_token_ids(start, tiny_model):
                       timeout=30) as reply:
         text = "".join(p["choices"][0]["text"] for p in sse_payloads(reply) if isinstance(p, dict) and p["choices"])
     assert text == tiny_model[1].decode(ids)
+
+
+def test_scheduler_preempts_the_newest_sequence_and_requeues_it_first():
+    from profiling.serving.engine.block_manager import BlockManager
+    from profiling.serving.engine.scheduler import Scheduler
+    from profiling.serving.engine.sequence import Sequence, Status
+    from profiling.serving.engine.waiting_queue import WaitingQueue
+
+    blocks = BlockManager(num_blocks=4, block_size=2, prefix_caching=False)
+    scheduler = Scheduler("continuous", 8, 0.0, WaitingQueue(), blocks=blocks, max_step_tokens=16)
+    old, new, later = Sequence("old", [1, 2, 3], 8), Sequence("new", [4, 5, 6], 8), Sequence("later", [7], 4)
+    for seq in (old, new, later):
+        scheduler.add(seq)
+
+    def run(step):  # what the worker does: the KV of the step's tokens is computed, each gets a next token
+        for seq, tokens in zip(step.sequences, step.tokens):
+            seq.num_computed_tokens += tokens
+            seq.output_ids.append(9)
+
+    first = scheduler.next_step()  # two 3-token prompts take the 4 blocks; `later` does not fit
+    assert (first.kind, first.sequences, first.tokens) == ("prefill", [old, new], [3, 3])
+    run(first)
+    second = scheduler.next_step()  # the 4th token of each still has a slot in its 2nd block
+    assert (second.kind, second.sequences) == ("decode", [old, new])
+    assert scheduler.take_preempted() == []
+    run(second)
+    third = scheduler.next_step()  # old's 5th token needs a block: the newest sequence gives its blocks back
+    assert third.sequences == [old] and len(old.block_table) == 3
+    assert scheduler.take_preempted() == [new]
+    assert new.status is Status.WAITING and new.num_computed_tokens == 0 and new.block_table == []
+    assert scheduler.waiting.pop(2, {}) == [new, later]  # the preempted sequence waits at the front
