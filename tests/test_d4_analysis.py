@@ -1,0 +1,126 @@
+"""D4's analysis on small hand-made frames: capacity, targets, verdicts, the long-prompt table, the split of one
+server's spans into runs, and a proven phase that ticks whatever its numbers (static batching meeting no SLO)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from profiling.phases.d4_serving import analysis as A
+from profiling.phases.d4_serving.experiment import split_spans
+from profiling.phases.d4_serving.variants import ablation_variants, our_runs, reference_runs
+from profiling.report.progress import DONE, wall
+from profiling.report.templating import environment
+
+CFG = {"slo_ttft_s": 2.0, "slo_tpot_s": 0.25, "slo_attainment": 0.9, "policy_rate_req_per_s": 2.0,
+       "ablation_rate_req_per_s": 2.0, "capacity_rates_req_per_s": [0.5, 1.0, 2.0], "max_step_tokens": 256,
+       "lever": "none", "policies": ["static", "continuous"], "shared_prefix": {"rate_req_per_s": 0.5},
+       "long_prompts": {"streams": 2, "budgets": [0, 256]}, "tenants": {"request_rate_req_per_s": math.inf}}
+
+
+def run_row(variant, server, rate, attainment, goodput=1.0, tok_per_s=50.0, ttft=0.5, tpot=0.1, workload="random"):
+    return {"variant": variant, "server": server, "policy": "vllm" if server == "vllm" else variant.split("_")[0],
+            "workload": workload, "request_rate": rate, "completed": 10, "output_tok_per_s": tok_per_s,
+            "goodput_req_per_s": goodput, "attainment": attainment, "ttft_p50_s": ttft, "tpot_p50_s": tpot,
+            "kv_reserved_over_held": 1.05}
+
+
+@pytest.fixture
+def runs():
+    rows = [run_row("continuous_r0.5", "ours", 0.5, 1.0, tok_per_s=20), run_row("continuous_r1", "ours", 1.0, 0.95),
+            run_row("continuous_r2", "ours", 2.0, 0.5, tok_per_s=80, ttft=3.0),
+            run_row("static_r2", "ours", 2.0, 0.0, goodput=0.0),
+            run_row("vllm_r0.5", "vllm", 0.5, 1.0), run_row("vllm_r1", "vllm", 1.0, 0.8, ttft=0.25),
+            run_row("vllm_r2", "vllm", 2.0, 0.95, tok_per_s=100),  # not monotone: the highest rate within counts
+            run_row("prefix_on", "ours", 0.5, 1.0, ttft=0.2, workload="prefix"),
+            run_row("prefix_off", "ours", 0.5, 1.0, ttft=1.0, workload="prefix")]
+    return pd.DataFrame(rows)
+
+
+def empty_measurements():
+    return pd.DataFrame(columns=["variant", "metric", "value", "policy", "batch_size", "request_id"])
+
+
+def test_capacity_is_the_highest_rate_within_the_slos(runs):
+    capacity = A.capacity_table(runs, CFG)
+    assert capacity[capacity.server == "ours"].within.tolist() == [True, True, False]
+    assert A.capacity_of(capacity, "ours") == 1.0 and A.capacity_of(capacity, "vllm") == 2.0
+    none_within = capacity.assign(within=False)
+    assert A.capacity_of(none_within, "ours") == 0.0
+    assert A.capacity_of(capacity[capacity.server == "ours"], "vllm") is None
+
+
+def test_targets_and_a_static_run_that_met_no_slo(runs):
+    capacity = A.capacity_table(runs, CFG)
+    t = A.targets(runs, empty_measurements(), pd.DataFrame(), capacity, pd.DataFrame(), CFG)
+    assert t["capacity_over_reference"] == pytest.approx(0.5)
+    assert t["saturated_tok_per_s"] == {"ours": 80.0, "vllm": 100.0}
+    assert t["middle_rate"] == "1" and t["ttft_p50_over_reference"] == pytest.approx(0.5 / 0.25)
+    assert t["prefix_ttft_on_over_off"] == pytest.approx(0.2)
+    assert t["goodput_continuous_over_static"] == math.inf  # continuous kept goodput, static had none
+    assert t["tpot_over_offline_step"] is None  # nothing offline was measured: not measured, not NaN
+    assert A.verdicts(t) == {"policies": "static_met_no_slo", "capacity": "reference_higher"}
+    both_zero = runs.assign(goodput_req_per_s=0.0)
+    t0 = A.targets(both_zero, empty_measurements(), pd.DataFrame(), capacity, pd.DataFrame(), CFG)
+    assert A.verdicts(t0)["policies"] == "none_met_slo"
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_a_proven_d4_ticks_and_words_a_zero_goodput_static_run(runs, tmp_path, language):
+    capacity = A.capacity_table(runs, CFG)
+    t = A.targets(runs, empty_measurements(), pd.DataFrame(), capacity, pd.DataFrame(), CFG)
+    findings = {"targets": t, "verdicts": A.verdicts(t), "slo_attainment": 0.9}
+    proof = tmp_path / "data" / "d4_serving" / "findings.json"
+    proof.parent.mkdir(parents=True)
+    proof.write_text(json.dumps(findings))
+    row = next(s for s in wall(tmp_path, environment(language))["phases"] if s.phase == "d4_serving")
+    assert row.mark == DONE, row.note
+    assert "n/a" not in row.note
+    assert ("static batching met no SLO" if language == "en" else "静态批处理没有一个请求满足 SLO") in row.note
+    assert ("1.0 req/s" in row.note) and ("2.0 req/s" in row.note)
+
+
+def test_long_prompt_table_reads_the_streams_gaps():
+    requests = pd.DataFrame([
+        {"variant": "long_off", "request_id": 0, "success": True, "itl_s": json.dumps([0.1, 2.0]), "ttft_s": 0.1},
+        {"variant": "long_off", "request_id": 1, "success": True, "itl_s": json.dumps([0.1]), "ttft_s": 0.1},
+        {"variant": "long_off", "request_id": 2, "success": True, "itl_s": json.dumps([9.0]), "ttft_s": 3.0},
+        {"variant": "long_256", "request_id": 0, "success": True, "itl_s": json.dumps([0.2, 0.3]), "ttft_s": 0.1},
+        {"variant": "long_256", "request_id": 1, "success": True, "itl_s": json.dumps([0.2]), "ttft_s": 0.1},
+        {"variant": "long_256", "request_id": 2, "success": True, "itl_s": json.dumps([]), "ttft_s": 5.0}])
+    runs = pd.DataFrame({"variant": ["long_off", "long_256"]})
+    table = A.long_prompt_table(requests, runs, CFG).set_index("variant")
+    assert table.loc["long_off", "gaps"] == 3  # the long prompt's own gap (9 s) is not a stream's
+    assert table.loc["long_off", "stream_itl_p99_s"] < 2.0 and table.loc["long_off", "stream_itl_p99_s"] > 1.9
+    assert table.loc["long_off", "budget"] == 0 and table.loc["long_256", "budget"] == 256
+    assert table.loc["long_256", "long_ttft_p50_s"] == 5.0
+
+
+def test_one_servers_spans_split_by_run_window():
+    events = [{"kind": "meta", "t": 0.0},
+              {"kind": "request", "request_id": "a", "event": "arrived", "t": 1.0},
+              {"kind": "step", "step": 0, "phase": "prefill", "start": 1.1, "end": 1.2},
+              {"kind": "request", "request_id": "a", "event": "done", "t": 5.5},  # after its run's window
+              {"kind": "request", "request_id": "b", "event": "arrived", "t": 6.0},
+              {"kind": "step", "step": 1, "phase": "decode", "start": 6.1, "end": 6.2}]
+    split = split_spans(events, {"first": (0.5, 5.0), "second": (5.8, 7.0)})
+    assert [e.get("request_id") or e.get("step") for e in split["first"]] == [None, "a", 0, "a"]
+    assert [e.get("request_id") or e.get("step") for e in split["second"]] == [None, "b", 1]
+
+
+def test_runs_share_a_server_only_when_every_switch_matches():
+    cfg = {**CFG, "capacity_rates_req_per_s": [1.0, 2.0], "shared_prefix": {"rate_req_per_s": 0.5},
+           "long_prompts": {"budgets": [0, 256]}, "tenants": {"request_rate_req_per_s": math.inf}}
+    runs = our_runs(cfg)
+    names = [run.variant for run in runs]
+    assert len(names) == len(set(names))
+    keys = [run.server_key for run in runs]
+    assert keys == sorted(keys, key=keys.index)  # runs sharing a server are next to each other
+    by_name = {run.variant: run for run in runs}
+    assert by_name["long_off"].server_key == by_name["ablation_paged"].server_key
+    assert by_name["long_256"].server_key == by_name["ablation_chunked"].server_key
+    assert by_name["prefix_off"].server_key == by_name["ablation_chunked"].server_key
+    assert ablation_variants(cfg)[-1] == ("prefix", "continuous_r2")
+    assert [run.variant for run in reference_runs(cfg)][:2] == ["vllm_r1", "vllm_r2"]
