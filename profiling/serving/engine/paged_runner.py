@@ -116,6 +116,7 @@ class PagedRunner:
     def __init__(self, model, pool: PagedKVPool):
         self.model, self.pool = model, pool
         self.device = next(model.parameters()).device
+        self.no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # ignored by _attention
         use_paged_attention(model)
 
     @torch.inference_mode()
@@ -145,6 +146,7 @@ class PagedRunner:
         tensor = torch.tensor
         out = self.model(input_ids=tensor([ids], device=self.device),
                          position_ids=tensor([positions], device=self.device), use_cache=False,
+                         attention_mask=self.no_mask,  # 4-D: transformers builds no (T, T) mask of its own
                          logits_to_keep=tensor(keep, dtype=torch.long, device=self.device), paged_step=step)
         return picked, out.logits[0]
 
