@@ -122,5 +122,6 @@ def test_runs_share_a_server_only_when_every_switch_matches():
     assert by_name["long_off"].server_key == by_name["ablation_paged"].server_key
     assert by_name["long_256"].server_key == by_name["ablation_chunked"].server_key
     assert by_name["prefix_off"].server_key == by_name["ablation_chunked"].server_key
-    assert ablation_variants(cfg)[-1] == ("prefix", "continuous_r2")
+    assert ablation_variants(cfg)[-1] == ("prefix", "continuous_r2")  # no lever set
+    assert ablation_variants({**cfg, "lever": "auto"})[-1] == ("lever", "ablation_lever")
     assert [run.variant for run in reference_runs(cfg)][:2] == ["vllm_r1", "vllm_r2"]

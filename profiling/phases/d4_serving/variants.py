@@ -10,9 +10,10 @@ Workloads: "random" (random prompts of prompt_tokens, at a rate), "prefix" (one 
 question each), "long" (running streams, then long prompts arriving among them), "tenants" (one noisy tenant).
 
 Names:
-    ablation_<step>        ours, one idea added per step: slab, paged, chunked, prefix (random workload); the
-                           last step (every idea on, + the lever when one is set) is continuous_r<ablation rate>
-    continuous_r<rate>     ours with every idea on: the capacity sweep (and the policy comparison's continuous row)
+    ablation_<step>        ours, one idea added per step: slab, paged, chunked, (prefix: continuous_r<ablation
+                           rate>), lever (random workload)
+    continuous_r<rate>     ours with every idea on but the lever, in the model's dtype as vLLM runs it: the
+                           capacity sweep (and the policy comparison's continuous row)
     vllm_r<rate>           the reference at the same rates
     <policy>_r<rate>       static and dynamic batching (with every other idea on) at the policy rate
     prefix_<on|off>        ours, the shared-prefix workload;   vllm_prefix   the reference (its prefix caching on)
@@ -24,7 +25,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-ABLATION = ("slab", "paged", "chunked", "prefix", "lever")
 
 
 def rate_name(rate: float) -> str:
@@ -60,15 +60,14 @@ def has_lever(cfg: dict) -> bool:
 
 def our_runs(cfg: dict) -> list[Run]:
     """Our server's runs, grouped so that runs sharing a server follow each other."""
-    lever = cfg["lever"] if has_lever(cfg) else ""
-    best = Run("", "ours", "random", math.inf, max_step_tokens=int(cfg["max_step_tokens"]), lever=lever)
-    steps = {"slab": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off", lever=""),
-             "paged": replace(best, max_step_tokens=0, prefix_cache="off", lever=""),
-             "chunked": replace(best, prefix_cache="off", lever=""),
-             "prefix": replace(best, lever="")}
+    best = Run("", "ours", "random", math.inf, max_step_tokens=int(cfg["max_step_tokens"]))
+    steps = {"slab": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off"),
+             "paged": replace(best, max_step_tokens=0, prefix_cache="off"),
+             "chunked": replace(best, prefix_cache="off"),
+             "lever": replace(best, lever=cfg["lever"])}
     ablation_rate = float(cfg["ablation_rate_req_per_s"])
-    runs = [replace(steps[step], variant=f"ablation_{step}", rate=ablation_rate) for step in ABLATION[:-1]
-            if steps[step].server_key != best.server_key]
+    runs = [replace(steps[step], variant=f"ablation_{step}", rate=ablation_rate) for step in steps
+            if step != "lever" or has_lever(cfg)]
     policy_rate = float(cfg["policy_rate_req_per_s"])
     rates = sorted({float(rate) for rate in cfg["capacity_rates_req_per_s"]} | {ablation_rate, policy_rate})
     runs += [replace(best, variant=f"continuous_r{rate_name(rate)}", rate=rate) for rate in rates]
@@ -88,10 +87,10 @@ def our_runs(cfg: dict) -> list[Run]:
 
 def ablation_variants(cfg: dict) -> list[tuple[str, str]]:
     """(step, run variant) of the ablation table in order: each idea added to the one before."""
-    rows = [(step, f"ablation_{step}") for step in ABLATION[:-1]]
-    last = "lever" if has_lever(cfg) else "prefix"
-    rows = [row for row in rows if row[0] != last]
-    return rows + [(last, f"continuous_r{rate_name(float(cfg['ablation_rate_req_per_s']))}")]
+    rate = rate_name(float(cfg["ablation_rate_req_per_s"]))
+    rows = [("slab", "ablation_slab"), ("paged", "ablation_paged"), ("chunked", "ablation_chunked"),
+            ("prefix", f"continuous_r{rate}")]
+    return rows + ([("lever", "ablation_lever")] if has_lever(cfg) else [])
 
 
 def reference_runs(cfg: dict) -> list[Run]:
