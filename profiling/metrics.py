@@ -140,8 +140,9 @@ def headline(label: str, values, unit: str, better: str) -> dict:
 def energy_per_token(rows: pd.DataFrame, meter_note: dict) -> dict:
     """Energy per generated token of a phase's timed generations: per repeat, energy_j / (output_tokens x
     batch_size) (joules per token), and its median with n; or, when no energy counter was readable, the reason.
-    `meter_note` is what the experiment recorded: {"method": …, "missing": … (the reason, None when measured)}.
-    Returns {"per_token_j", "n", "method", "missing"} (per_token_j None when not measured)."""
+    `meter_note` is what the experiment recorded (EnergyMeter.note(): "method", "missing" as a key, "detail").
+    Returns {"per_token_j", "n", "method", "missing"}: per_token_j None and `missing` the meter's key (no_rapl,
+    rapl_unreadable, no_nvml, nvml_no_energy_counter, or no_reading) when not measured."""
     energy = rows[rows["metric"] == "energy_j"]
     values = []
     for repeat, joules in energy.groupby("repeat")["value"].sum().items():
@@ -153,7 +154,7 @@ def energy_per_token(rows: pd.DataFrame, meter_note: dict) -> dict:
     measured = bool(values)
     return {"per_token_j": float(pd.Series(values).median()) if measured else None, "n": len(values),
             "method": meter_note.get("method") if measured else None,
-            "missing": None if measured else (meter_note.get("missing") or "no energy counter was read")}
+            "missing": None if measured else (meter_note.get("missing") or "no_reading")}
 
 
 def meta_notes(measurements_path) -> dict:

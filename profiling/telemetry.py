@@ -165,7 +165,9 @@ class EnergyMeter:
            packages, when present and readable"""
 
     def __init__(self, device: str):
-        self.reason = None
+        self.reason = None  # why no counter is readable, in words (meta.json)
+        self.missing = None  # the same as a key the report words per language: no_nvml, nvml_no_energy_counter,
+        #                      no_rapl, rapl_unreadable (None when a counter is readable)
         self.method = None
         self._nvml = None
         self._rapl: list[tuple[Path, float]] = []
@@ -178,6 +180,7 @@ class EnergyMeter:
         reader = open_nvml(device)
         if reader is None:
             self.reason = "NVML is not available (nvidia-ml-py missing or the driver does not answer)"
+            self.missing = "no_nvml"
             return
         try:
             reader.pynvml.nvmlDeviceGetTotalEnergyConsumption(reader.handle)
@@ -185,11 +188,13 @@ class EnergyMeter:
             self.method = "NVML nvmlDeviceGetTotalEnergyConsumption (GPU board, mJ)"
         except Exception as error:  # noqa: BLE001 - NVML raises its own error classes per GPU
             self.reason = f"this GPU does not expose NVML's energy counter ({type(error).__name__})"
+            self.missing = "nvml_no_energy_counter"
 
     def _open_rapl(self) -> None:
         packages = sorted(glob.glob(RAPL_GLOB))
         if not packages:
             self.reason = "no RAPL powercap counters on this machine (/sys/class/powercap/intel-rapl:* absent)"
+            self.missing = "no_rapl"
             return
         try:
             for package in packages:
@@ -201,6 +206,11 @@ class EnergyMeter:
         except (OSError, ValueError) as error:
             self._rapl = []
             self.reason = f"RAPL counters exist but are not readable here ({type(error).__name__}: needs root)"
+            self.missing = "rapl_unreadable"
+
+    def note(self) -> dict:
+        """What meta.json records of the meter: {"method", "missing" (a key), "detail" (the reason in words)}."""
+        return {"method": self.method, "missing": self.missing, "detail": self.reason}
 
     @property
     def available(self) -> bool:

@@ -122,7 +122,7 @@ def run(settings: dict, measurements_path, meta_path, trace_path) -> None:
             "repeat_policy": policy.describe(),
             "warmup_calls": warmup_calls,
             "repeats_made": repeats_made,
-            "energy": {"method": energy.method, "missing": energy.reason},
+            "energy": energy.note(),
             "trace_decode_steps": cfg["trace_decode_steps"],
         })
 

@@ -403,7 +403,7 @@ def run(settings: dict, measurements_path, meta_path, timeline_path, telemetry_p
         run_info.write_meta(meta_tmp, {
             "timing_method": timing_method(device),
             "repeat_policy": policy.describe(),
-            "energy": {"method": energy.method, "missing": energy.reason},
+            "energy": energy.note(),
             "prompts": cfg["prompts"],
             "prompt_texts": texts,
             "static_prompt_tokens": static["prompt_tokens"],

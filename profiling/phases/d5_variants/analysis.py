@@ -320,8 +320,7 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
         "unavailable": meta["notes"].get("unavailable", {}),
         "energy_note": meta["notes"].get("energy_unavailable_reason"),
         # joules per output token of the best variant at the smallest batch, or the meter that is missing
-        "energy": {**energy_per_token(best_b1, {"method": meta["notes"].get("energy_method"),
-                                                "missing": meta["notes"].get("energy_unavailable_reason")}),
+        "energy": {**energy_per_token(best_b1, meta["notes"].get("energy", {})),
                    "variant": best, "batch_size": small},
         "memory_method": meta["notes"].get("memory_method"),
         "cpu_capability": meta["notes"].get("cpu_capability"),

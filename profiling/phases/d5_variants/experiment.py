@@ -239,6 +239,7 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
             "memory_method": memory_method,
             "energy_method": energy.method,
             "energy_unavailable_reason": energy.reason,
+            "energy": energy.note(),
             "vllm_offline": vllm,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cuda_capability": list(torch.cuda.get_device_capability()) if device.startswith("cuda") else None,
