@@ -154,7 +154,10 @@ class RepeatPolicy:
         return abs(steps[-1] - steps[-2]) <= self.warmup_settle * max(steps[-2], 1e-12)
 
     def warm_up(self, call) -> int:
-        """Run `call()` (one untimed generation returning its StageClock) until it settles; returns the calls made."""
+        """Run `call()` (one untimed generation returning its StageClock) until it settles; returns the calls made
+        (none when the phase's warmup is 0: no warm-up asked for)."""
+        if self.min_warmup == 0:
+            return 0
         calls = 0
         while calls < self.max_warmup:
             clock = call()

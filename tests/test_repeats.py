@@ -76,3 +76,7 @@ def test_warm_up_keeps_its_minimum_and_its_cap():
     assert policy(warmup=2).warm_up(settled) == 2
     unsettled = lambda: clock_of([0.05, 0.1, 0.05])  # noqa: E731
     assert policy(warmup_max=3).warm_up(unsettled) == 3
+
+
+def test_no_warm_up_when_none_is_asked_for():
+    assert policy(warmup=0).warm_up(lambda: clock_of([0.5, 0.1])) == 0
