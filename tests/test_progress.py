@@ -28,7 +28,7 @@ def test_non_finite_numbers_do_not_tick(tmp_path):
     proof = tmp_path / second.proof
     proof.parent.mkdir(parents=True)
     findings = {"e2e_p50_s": 1.5, "prefill_p50_s": 0.1, "decode_step_p50_s": 0.01, "output_tok_per_s_p50": 10,
-                "repeats": 3}
+                "repeats": 3, "decode_step_precision": {"half_width_ratio": 0.02, "at_cap": False}}
     proof.write_text(json.dumps(findings))
     assert wall(tmp_path, environment())["checklist"][1].mark == DONE
     proof.write_text(json.dumps({**findings, "e2e_p50_s": float("nan")}))

@@ -39,6 +39,8 @@ TEMPLATES = sorted(
     [os.path.join(workflow.basedir, "templates", name) for name in os.listdir(os.path.join(workflow.basedir, "templates"))]
     + [os.path.join(workflow.basedir, "profiling", "phases", phase, name) for phase in registry.PHASES
        for name in os.listdir(os.path.join(workflow.basedir, "profiling", "phases", phase)) if name.endswith(".j2")]
+    + [os.path.join(workflow.basedir, "profiling", "phases", name)  # partials shared by phases (energy.md.j2)
+       for name in os.listdir(os.path.join(workflow.basedir, "profiling", "phases")) if name.endswith(".j2")]
 )
 
 # Every step runs the package with this interpreter; PYTHONPATH lets it run from any working directory.
