@@ -82,20 +82,29 @@ def test_a_proven_d4_ticks_and_words_a_zero_goodput_static_run(runs, tmp_path, l
     assert ("1.0 req/s" in row.note) and ("2.0 req/s" in row.note)
 
 
-def test_long_prompt_table_reads_the_streams_gaps():
+def test_long_prompt_table_reads_the_streams_gaps_while_the_long_prompts_prefill():
+    def request(variant, request_id, start, ttft, gaps):
+        return {"variant": variant, "workload": "long", "request_id": request_id, "success": True, "start_s": start,
+                "ttft_s": ttft, "itl_s": json.dumps(gaps)}
+
     requests = pd.DataFrame([
-        {"variant": "long_off", "request_id": 0, "success": True, "itl_s": json.dumps([0.1, 2.0]), "ttft_s": 0.1},
-        {"variant": "long_off", "request_id": 1, "success": True, "itl_s": json.dumps([0.1]), "ttft_s": 0.1},
-        {"variant": "long_off", "request_id": 2, "success": True, "itl_s": json.dumps([9.0]), "ttft_s": 3.0},
-        {"variant": "long_256", "request_id": 0, "success": True, "itl_s": json.dumps([0.2, 0.3]), "ttft_s": 0.1},
-        {"variant": "long_256", "request_id": 1, "success": True, "itl_s": json.dumps([0.2]), "ttft_s": 0.1},
-        {"variant": "long_256", "request_id": 2, "success": True, "itl_s": json.dumps([]), "ttft_s": 5.0}])
-    runs = pd.DataFrame({"variant": ["long_off", "long_256"]})
-    table = A.long_prompt_table(requests, runs, CFG).set_index("variant")
-    assert table.loc["long_off", "gaps"] == 3  # the long prompt's own gap (9 s) is not a stream's
-    assert table.loc["long_off", "stream_itl_p99_s"] < 2.0 and table.loc["long_off", "stream_itl_p99_s"] > 1.9
+        # no chunking: stream 0's tokens at 0.1, 0.2, 0.3, then a 9 s stall (the prefill), then 9.4; the long
+        # prompt arrives at 0.25 and gets its first token at 9.3
+        request("long_off", 0, 0.0, 0.1, [0.1, 0.1, 9.0, 0.1]),
+        request("long_off", 1, 0.0, 0.1, [0.1] + [0.1] * 2),
+        request("long_off", 2, 0.25, 9.05, []),
+        request("long_256", 0, 0.0, 0.1, [0.1, 0.1] + [0.5] * 18),
+        request("long_256", 1, 0.0, 0.1, [0.1]),
+        request("long_256", 2, 0.25, 9.5, [])])
+    timeline = A.stream_timeline(requests, CFG)
+    table = A.long_prompt_table(timeline, CFG).set_index("variant")
+    assert table.loc["long_off", "stream_itl_max_s"] == pytest.approx(9.0)
+    assert table.loc["long_off", "gaps"] == 4  # the gaps overlapping [0.25, 9.3]: not 0.1 -> 0.2, nor 9.3 -> 9.4
+    assert table.loc["long_off", "stream_itl_p99_s"] > 8.0  # the stall is in the p99 of the window's gaps
+    assert table.loc["long_256", "stream_itl_max_s"] == pytest.approx(0.5)
     assert table.loc["long_off", "budget"] == 0 and table.loc["long_256", "budget"] == 256
-    assert table.loc["long_256", "long_ttft_p50_s"] == 5.0
+    assert table.loc["long_off", "long_ttft_p50_s"] == pytest.approx(9.05)
+    assert set(timeline.loc[timeline.kind == "token", "request_id"]) == {0, 1}  # the long prompt is no stream
 
 
 def test_one_servers_spans_split_by_run_window():

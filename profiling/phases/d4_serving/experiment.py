@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -57,7 +58,7 @@ from ...serving.engine.spans import load_spans, write_chrome_trace
 from ...timing import timing_method
 from . import NAME as PHASE
 from .variants import Run as LoadRun
-from .variants import our_runs, reference_runs
+from .variants import our_runs, rate_name, reference_runs
 
 READY_TIMEOUT_S = 300
 
@@ -154,7 +155,10 @@ def our_server(server: ServerSettings, log_path: Path):
 
 def workload(cfg: dict, run: LoadRun, tokenizer, seed: int) -> tuple[LoadSettings, dict]:
     """The load of one run: its settings and run_load_async's prompts (and, for the long-prompt workload, its
-    arrival times and output lengths). The warm-up prompts come last (spare ones that share no prefix)."""
+    arrival times and output lengths). The warm-up prompts come last (spare ones that share no prefix). Prompts
+    are drawn from `seed` and the workload and rate, so runs at one load (ours, vLLM's, each ablation step) see
+    the same prompts, and two runs on one server never share a prompt (the prefix cache would serve the second)."""
+    seed += zlib.crc32(f"{run.workload}@{rate_name(run.rate)}".encode()) % 100_000
     tenants, slo = cfg["tenants"], {"slo_ttft_ms": cfg["slo_ttft_s"] * 1e3, "slo_tpot_ms": cfg["slo_tpot_s"] * 1e3}
     common = {"burstiness": cfg["burstiness"], "seed": seed, "warmup_requests": cfg["warmup_requests"], **slo}
     spare = max(cfg["warmup_requests"], 1)
