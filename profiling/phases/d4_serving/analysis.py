@@ -9,7 +9,8 @@ Definitions (one place):
     attainment       share of a run's requests that completed and met both SLOs (TTFT and TPOT)
     capacity         the highest rate of the sweep whose attainment is at least slo_attainment (0: none)
     kv_reserved_over_held   KV bytes reserved ÷ bytes of the tokens held, summed over the run's steps
-    stream ITL p99   the 99th percentile of the gaps between tokens of the long-prompt workload's streams
+    stream ITL p99   the 99th percentile of the gaps between the streams' tokens that overlap the long prompts'
+                     prefill (the long-prompt workload: from the first one's arrival to the last one's first token)
 """
 from __future__ import annotations
 
@@ -157,22 +158,25 @@ def capacity_of(capacity: pd.DataFrame, server: str) -> float | None:
     return float(within.max()) if len(within) else 0.0
 
 
-def long_prompt_table(requests: pd.DataFrame, runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    """Per long-prompt run (ours at each budget, vLLM): the streams' ITL p50 / p99 and the long prompts' TTFT p50
-    (seconds). The first `streams` requests of the workload are the streams."""
-    streams = cfg["long_prompts"]["streams"]
+def long_prompt_table(timeline: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Per long-prompt run (ours at each budget, vLLM): the streams' ITL p50 / p99 / max over the gaps that overlap
+    the long prompts' prefill (from the first one's arrival to the last one's first token), and the long prompts'
+    TTFT p50 (seconds)."""
     rows = []
-    for variant in [v for v in runs["variant"] if v.startswith("long_") or v == "vllm_long"]:
-        own = requests[(requests["variant"] == variant) & requests["success"].astype(bool)]
-        gaps = [gap for text in own.loc[own["request_id"] < streams, "itl_s"] for gap in json.loads(text)]
-        long_ttft = own.loc[own["request_id"] >= streams, "ttft_s"]
+    for variant, run in timeline.groupby("variant", sort=False):
+        arrivals, firsts = run.loc[run["kind"] == "arrival", "t_s"], run.loc[run["kind"] == "first_token", "t_s"]
+        tokens = run[run["kind"] == "token"]
+        start, end = arrivals.min(), firsts.max()
+        gaps = tokens.loc[(tokens["t_s"] > start) & (tokens["t_s"] - tokens["gap_s"] < end), "gap_s"]
         budget = variant.removeprefix("long_")
         rows.append({"variant": variant, "server": "vllm" if variant == "vllm_long" else "ours",
                      "budget": int(cfg["max_step_tokens"]) if variant == "vllm_long"
                      else (0 if budget == "off" else int(budget)),
                      "stream_itl_p50_s": _p(gaps, 50), "stream_itl_p99_s": _p(gaps, 99),
-                     "long_ttft_p50_s": _p(long_ttft, 50), "gaps": len(gaps)})
-    return pd.DataFrame(rows)
+                     "stream_itl_max_s": float(gaps.max()) if len(gaps) else math.nan,
+                     "long_ttft_p50_s": _p(firsts.to_numpy() - arrivals.to_numpy(), 50), "gaps": len(gaps)})
+    return pd.DataFrame(rows, columns=["variant", "server", "budget", "stream_itl_p50_s", "stream_itl_p99_s",
+                                       "stream_itl_max_s", "long_ttft_p50_s", "gaps"])
 
 
 def stream_timeline(requests: pd.DataFrame, cfg: dict) -> pd.DataFrame:
@@ -364,8 +368,9 @@ def analyze(settings: dict, measurements_path, meta_path, requests_path, spans_p
     runs = run_table(measurements, requests, steps, spans, cfg)
     tables = {"steps": steps, "stages": stages, "flow": flow_table(stages), "tenants": tenant_table(measurements),
               "ablation": ablation_table(runs, cfg), "capacity": capacity_table(runs, cfg),
-              "long": long_prompt_table(requests, runs, cfg), "timeline": stream_timeline(requests, cfg),
+              "timeline": stream_timeline(requests, cfg),
               "runs": runs, "summary": summary_table(measurements, ["variant", "metric"], settings["cv_warn"])}
+    tables["long"] = long_prompt_table(tables["timeline"], cfg)
     names = [name for name in outputs if name != "findings"]
     with staged(*[outputs[name] for name in names], outputs["findings"]) as temps:
         for name, temp in zip(names, temps):

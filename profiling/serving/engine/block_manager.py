@@ -96,8 +96,8 @@ class BlockManager:
             self.queried_tokens += len(token_ids)
 
     def can_append(self, seq) -> bool:
-        """Whether `seq` can grow by one token (it needs a new block only when its last one is full)."""
-        return len(seq.block_table) * self.block_size > len(seq.all_token_ids) or self.num_free > 0
+        """Whether `seq`'s newest token has a slot (it needs a new block only when its blocks are all full)."""
+        return len(seq.block_table) * self.block_size >= len(seq.all_token_ids) or self.num_free > 0
 
     def append(self, seq) -> None:
         """Make room for `seq`'s newest token (a new block when its last one is full)."""
