@@ -17,7 +17,7 @@ from profiling.report.templating import environment
 CFG = {"slo_ttft_s": 2.0, "slo_tpot_s": 0.25, "slo_attainment": 0.9, "policy_rate_req_per_s": 2.0,
        "ablation_rate_req_per_s": 2.0, "capacity_rates_req_per_s": [0.5, 1.0, 2.0], "max_step_tokens": 256,
        "lever": "none", "policies": ["static", "continuous"], "shared_prefix": {"rate_req_per_s": 0.5},
-       "long_prompts": {"streams": 2, "budgets": [0, 256]}, "tenants": {"request_rate_req_per_s": math.inf}}
+       "long_prompts": {"streams": 2, "budgets": [0, 256]}, "tenants": {"enabled": True, "request_rate_req_per_s": math.inf}}
 
 
 def run_row(variant, server, rate, attainment, goodput=1.0, tok_per_s=50.0, ttft=0.5, tpot=0.1, workload="random"):
@@ -121,7 +121,7 @@ def test_one_servers_spans_split_by_run_window():
 
 def test_runs_share_a_server_only_when_every_switch_matches():
     cfg = {**CFG, "capacity_rates_req_per_s": [1.0, 2.0], "shared_prefix": {"rate_req_per_s": 0.5},
-           "long_prompts": {"budgets": [0, 256]}, "tenants": {"request_rate_req_per_s": math.inf}}
+           "long_prompts": {"budgets": [0, 256]}, "tenants": {"enabled": True, "request_rate_req_per_s": math.inf}}
     runs = our_runs(cfg)
     names = [run.variant for run in runs]
     assert len(names) == len(set(names))

@@ -114,8 +114,8 @@ def reference_args(cfg: dict) -> list[str]:
 
 @contextlib.contextmanager
 def our_server(server: ServerSettings, log_path: Path):
-    """Start `python -m profiling serve` with `server`, yield its base URL once it answers, stop it (SIGTERM:
-    it drains, then exits) on leaving. Its output goes to `log_path`."""
+    """Start `python -m profiling serve` with `server`, yield its base URL once it answers, stop it on leaving
+    (SIGTERM: it drains, then exits; SIGKILL when the run was interrupted). Its output goes to `log_path`."""
     command = [sys.executable, "-m", "profiling", "serve", *server.cli_args()]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -142,11 +142,15 @@ def our_server(server: ServerSettings, log_path: Path):
                 tail = "".join(lines[-25:])
                 raise RuntimeError(f"our server did not start (exit {process.poll()}):\n{tail}")
         yield base_url[0]
+        drain_s = 60  # a finished run: the server drains (nothing should be left) and exits
+    except BaseException:
+        drain_s = 0  # an interrupted or failed run: its results are discarded, so nothing is worth waiting for
+        raise
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM if drain_s else signal.SIGKILL)
             try:
-                process.wait(timeout=60)
+                process.wait(timeout=drain_s or None)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

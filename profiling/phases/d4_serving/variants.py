@@ -80,7 +80,8 @@ def our_runs(cfg: dict) -> list[Run]:
                      max_step_tokens=int(budget)) for budget in cfg["long_prompts"]["budgets"]]
     tenants = cfg["tenants"]
     runs += [replace(best, variant=f"tenants_{policy}", workload="tenants", tenant_policy=policy,
-                     rate=float(tenants["request_rate_req_per_s"])) for policy in ("fifo", "fair")]
+                     rate=float(tenants["request_rate_req_per_s"])) for policy in ("fifo", "fair")
+             if tenants["enabled"]]
     order = list(dict.fromkeys(run.server_key for run in runs))
     return sorted(runs, key=lambda run: order.index(run.server_key))
 
