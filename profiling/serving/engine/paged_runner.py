@@ -26,6 +26,10 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 class PagedKVPool:
     """Keys and values of every layer: (num_blocks, block_size, kv_heads, head_dim) each. Gathers go block by
     block (index_select over whole blocks is ~6x faster here than indexing token slots one by one)."""
@@ -33,7 +37,7 @@ class PagedKVPool:
     def __init__(self, config, num_blocks: int, block_size: int, dtype: torch.dtype, device):
         self.layers = config.num_hidden_layers
         self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.head_dim = _head_dim(config)
         self.num_blocks, self.block_size = num_blocks, block_size
         shape = (num_blocks, block_size, self.kv_heads, self.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.layers)]
@@ -42,8 +46,7 @@ class PagedKVPool:
     @staticmethod
     def bytes_per_token(config, dtype: torch.dtype) -> int:
         """Bytes of KV one token position takes over all layers (keys + values)."""
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+        return 2 * config.num_hidden_layers * config.num_key_value_heads * _head_dim(config) * dtype.itemsize
 
     @property
     def bytes_per_block(self) -> int:
