@@ -10,12 +10,12 @@ import pytest
 
 from profiling.phases.d4_serving import analysis as A
 from profiling.phases.d4_serving.experiment import split_spans
-from profiling.phases.d4_serving.variants import ablation_variants, our_runs, reference_runs
+from profiling.phases.d4_serving.variants import ablation_variants, our_runs, reference_runs, resolve_rate
 from profiling.report.progress import DONE, wall
 from profiling.report.templating import environment
 
-CFG = {"slo_ttft_s": 2.0, "slo_tpot_s": 0.25, "slo_attainment": 0.9, "policy_rate_req_per_s": 2.0,
-       "ablation_rate_req_per_s": 2.0, "capacity_rates_req_per_s": [0.5, 1.0, 2.0], "max_step_tokens": 256,
+CFG = {"slo_ttft_s": 2.0, "slo_tpot_s": 0.25, "slo_attainment": 0.9, "policy_load": 1.0,
+       "ablation_load": 1.0, "capacity_loads": [0.25, 0.5, 1.0], "max_step_tokens": 256,
        "lever": "none", "policies": ["static", "continuous"], "shared_prefix": {"rate_req_per_s": 0.5},
        "long_prompts": {"streams": 2, "budgets": [0, 256]}, "tenants": {"enabled": True, "request_rate_req_per_s": math.inf}}
 
@@ -29,11 +29,15 @@ def run_row(variant, server, rate, attainment, goodput=1.0, tok_per_s=50.0, ttft
 
 @pytest.fixture
 def runs():
-    rows = [run_row("continuous_r0.5", "ours", 0.5, 1.0, tok_per_s=20), run_row("continuous_r1", "ours", 1.0, 0.95),
-            run_row("continuous_r2", "ours", 2.0, 0.5, tok_per_s=80, ttft=3.0),
-            run_row("static_r2", "ours", 2.0, 0.0, goodput=0.0),
-            run_row("vllm_r0.5", "vllm", 0.5, 1.0), run_row("vllm_r1", "vllm", 1.0, 0.8, ttft=0.25),
-            run_row("vllm_r2", "vllm", 2.0, 0.95, tok_per_s=100),  # not monotone: the highest rate within counts
+    # our saturated rate: 2 req/s; the loads 25%, 50%, 100% of it are 0.5, 1 and 2 req/s for both servers
+    rows = [run_row("continuous_sat", "ours", math.inf, 0.0, tok_per_s=90),
+            run_row("continuous_25pct", "ours", 0.5, 1.0, tok_per_s=20),
+            run_row("continuous_50pct", "ours", 1.0, 0.95),
+            run_row("continuous_100pct", "ours", 2.0, 0.5, tok_per_s=95, ttft=3.0),
+            run_row("static_100pct", "ours", 2.0, 0.0, goodput=0.0),
+            run_row("vllm_sat", "vllm", math.inf, 0.0, tok_per_s=100),
+            run_row("vllm_25pct", "vllm", 0.5, 1.0), run_row("vllm_50pct", "vllm", 1.0, 0.8, ttft=0.25),
+            run_row("vllm_100pct", "vllm", 2.0, 0.95, tok_per_s=110),  # not monotone: the highest rate within counts
             run_row("prefix_on", "ours", 0.5, 1.0, ttft=0.2, workload="prefix"),
             run_row("prefix_off", "ours", 0.5, 1.0, ttft=1.0, workload="prefix")]
     return pd.DataFrame(rows)
@@ -45,8 +49,12 @@ def empty_measurements():
 
 def test_capacity_is_the_highest_rate_within_the_slos(runs):
     capacity = A.capacity_table(runs, CFG)
-    assert capacity[capacity.server == "ours"].within.tolist() == [True, True, False]
+    assert capacity[capacity.server == "ours"].within.tolist() == [True, True, False, False]  # rate order, sat last
+    assert capacity[capacity.server == "ours"].load.tolist() == ["25pct", "50pct", "100pct", "sat"]
     assert A.capacity_of(capacity, "ours") == 1.0 and A.capacity_of(capacity, "vllm") == 2.0
+    assert A.capacity_at_top(capacity, "vllm") and not A.capacity_at_top(capacity, "ours")
+    all_at_once_within = capacity.assign(within=capacity.request_rate > 1.5)  # only 2 req/s and "sat" within
+    assert A.capacity_of(all_at_once_within, "ours") == 2.0  # the saturated run is no rate of the sweep
     none_within = capacity.assign(within=False)
     assert A.capacity_of(none_within, "ours") == 0.0
     assert A.capacity_of(capacity[capacity.server == "ours"], "vllm") is None
@@ -56,7 +64,9 @@ def test_targets_and_a_static_run_that_met_no_slo(runs):
     capacity = A.capacity_table(runs, CFG)
     t = A.targets(runs, empty_measurements(), pd.DataFrame(), capacity, pd.DataFrame(), CFG)
     assert t["capacity_over_reference"] == pytest.approx(0.5)
-    assert t["saturated_tok_per_s"] == {"ours": 80.0, "vllm": 100.0}
+    assert t["saturated_tok_per_s"] == {"ours": 90.0, "vllm": 100.0}  # the runs with every request at once
+    assert t["capacity_at_top_of_sweep"] == {"ours": False, "vllm": True}
+    assert t["policy_rate"] == "2" and t["ablation_rate"] is None  # no ablation run in these frames
     assert t["middle_rate"] == "1" and t["ttft_p50_over_reference"] == pytest.approx(0.5 / 0.25)
     assert t["prefix_ttft_on_over_off"] == pytest.approx(0.2)
     assert t["goodput_continuous_over_static"] == math.inf  # continuous kept goodput, static had none
@@ -80,6 +90,17 @@ def test_a_proven_d4_ticks_and_words_a_zero_goodput_static_run(runs, tmp_path, l
     assert "n/a" not in row.note
     assert ("static batching met no SLO" if language == "en" else "静态批处理没有一个请求满足 SLO") in row.note
     assert ("1.0 req/s" in row.note) and ("2.0 req/s" in row.note)
+
+
+def test_loads_become_rates_of_the_measured_saturated_rate():
+    runs = {run.variant: run for run in our_runs(CFG)}
+    assert next(iter(runs)) == "continuous_sat"  # measured first: every other random rate is a share of it
+    assert resolve_rate(runs["continuous_25pct"], 2.0).rate == pytest.approx(0.5)
+    assert math.isinf(resolve_rate(runs["continuous_sat"], None).rate)
+    assert resolve_rate(runs["prefix_on"], None).rate == 0.5  # other workloads keep their configured rate
+    with pytest.raises(RuntimeError, match="saturated rate"):
+        resolve_rate(runs["ablation_slab"], None)
+    assert {run.variant for run in reference_runs(CFG)} >= {"vllm_sat", "vllm_25pct", "vllm_50pct", "vllm_100pct"}
 
 
 def test_long_prompt_table_reads_the_streams_gaps_while_the_long_prompts_prefill():
@@ -120,7 +141,7 @@ def test_one_servers_spans_split_by_run_window():
 
 
 def test_runs_share_a_server_only_when_every_switch_matches():
-    cfg = {**CFG, "capacity_rates_req_per_s": [1.0, 2.0], "shared_prefix": {"rate_req_per_s": 0.5},
+    cfg = {**CFG, "capacity_loads": [0.5, 1.0], "shared_prefix": {"rate_req_per_s": 0.5},
            "long_prompts": {"budgets": [0, 256]}, "tenants": {"enabled": True, "request_rate_req_per_s": math.inf}}
     runs = our_runs(cfg)
     names = [run.variant for run in runs]
@@ -131,6 +152,6 @@ def test_runs_share_a_server_only_when_every_switch_matches():
     assert by_name["long_off"].server_key == by_name["ablation_paged"].server_key
     assert by_name["long_256"].server_key == by_name["ablation_chunked"].server_key
     assert by_name["prefix_off"].server_key == by_name["ablation_chunked"].server_key
-    assert ablation_variants(cfg)[-1] == ("prefix", "continuous_r2")  # no lever set
+    assert ablation_variants(cfg)[-1] == ("prefix", "continuous_100pct")  # no lever set
     assert ablation_variants({**cfg, "lever": "auto"})[-1] == ("lever", "ablation_lever")
-    assert [run.variant for run in reference_runs(cfg)][:2] == ["vllm_r1", "vllm_r2"]
+    assert [run.variant for run in reference_runs(cfg)][:3] == ["vllm_sat", "vllm_50pct", "vllm_100pct"]

@@ -25,7 +25,7 @@ from ...metrics import RUN_ROW, headline, per_repeat
 from ...serving.engine.spans import load_spans, stage_durations, step_table
 from ...stats import bootstrap_ratio_ci, summary_table
 from . import NAME as PHASE
-from .variants import ablation_variants, rate_name
+from .variants import ablation_variants, load_name, rate_name
 
 # The flow, in order: (stage column of spans.stage_durations, what it covers).
 FLOW = [("http_s", "HTTP: parse, chat template, tokenize"), ("queue_wait_s", "queue: waiting for the scheduler"),
@@ -139,19 +139,22 @@ def ablation_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 def capacity_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """The sweep per server and rate: attainment, goodput, output tok/s, TTFT / TPOT p50, and whether the rate is
     within capacity (attainment >= slo_attainment)."""
-    prefix = {"ours": "continuous_r", "vllm": "vllm_r"}
+    prefix = {"ours": "continuous_", "vllm": "vllm_"}
     rows = []
     for server, name in prefix.items():
         sweep = runs[(runs["server"] == server) & runs["variant"].str.startswith(name)
                      & (runs["workload"] == "random")]
         for row in sweep.sort_values("request_rate").to_dict(orient="records"):
-            rows.append({**row, "within": bool(row["attainment"] >= cfg["slo_attainment"])})
-    return pd.DataFrame(rows, columns=[*runs.columns, "within"]) if not rows else pd.DataFrame(rows)
+            rows.append({**row, "load": row["variant"].removeprefix(name),
+                         "within": bool(row["attainment"] >= cfg["slo_attainment"])})
+    return pd.DataFrame(rows, columns=[*runs.columns, "load", "within"]) if not rows else pd.DataFrame(rows)
 
 
 def capacity_of(capacity: pd.DataFrame, server: str) -> float | None:
-    """The highest swept rate within capacity for `server` (0.0 when none is; None when it was not swept)."""
+    """The highest swept rate within capacity for `server` (0.0 when none is; None when it was not swept); the
+    saturated run (every request at once, rate inf) is not a rate of the sweep."""
     sweep = capacity[capacity["server"] == server] if len(capacity) else capacity
+    sweep = sweep[np.isfinite(sweep["request_rate"].astype(float))] if len(sweep) else sweep
     if not len(sweep):
         return None
     within = sweep.loc[sweep["within"], "request_rate"]
@@ -257,25 +260,47 @@ def offline_step(measurements: pd.DataFrame, batch: int | None) -> tuple[int | N
     return nearest, offline.loc[offline["batch_size"] == nearest, "value"].tolist()
 
 
+def saturated_tok_per_s(capacity: pd.DataFrame, server: str) -> float | None:
+    """Output tok/s of `server`'s run with every request at once (the best of its sweep when it has none)."""
+    rows = capacity[capacity["server"] == server] if len(capacity) else capacity
+    if not len(rows):
+        return None
+    at_once = rows[np.isinf(rows["request_rate"].astype(float))]
+    return _finite((at_once if len(at_once) else rows)["output_tok_per_s"].max())
+
+
+def capacity_at_top(capacity: pd.DataFrame, server: str) -> bool:
+    """True when `server` met the SLOs at the sweep's highest rate: its capacity is at least that rate."""
+    rows = capacity[capacity["server"] == server] if len(capacity) else capacity
+    rows = rows[np.isfinite(rows["request_rate"].astype(float))] if len(rows) else rows
+    return bool(len(rows) and rows.sort_values("request_rate")["within"].iloc[-1])
+
+
 # ---- targets and findings ------------------------------------------------------------------------------------
 def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame, capacity: pd.DataFrame,
             long: pd.DataFrame, cfg: dict) -> dict:
     """Every measured target ratio (None where a side was not measured)."""
     sweep = capacity[capacity["server"] == "ours"] if len(capacity) else capacity
-    rates = sorted(sweep["request_rate"]) if len(sweep) else []
-    middle = rate_name(rates[len(rates) // 2]) if rates else None
-    ours_mid, ref_mid = _row(runs, f"continuous_r{middle}"), _row(runs, f"vllm_r{middle}")
-    batch = decode_batch_p50(steps, f"continuous_r{middle}")
+    sweep = sweep[np.isfinite(sweep["request_rate"].astype(float))] if len(sweep) else sweep
+    swept = sweep.sort_values("request_rate").to_dict(orient="records") if len(sweep) else []
+    mid = swept[len(swept) // 2] if swept else None
+    middle = rate_name(round(mid["request_rate"], 2)) if mid else None
+    mid_load = mid["variant"].removeprefix("continuous_") if mid else None
+    ours_mid, ref_mid = _row(runs, f"continuous_{mid_load}"), _row(runs, f"vllm_{mid_load}")
+    batch = decode_batch_p50(steps, f"continuous_{mid_load}")
     batch_size, same_batch = offline_step(measurements, batch)
     _, batch_one = offline_step(measurements, 1)
-    served_tpot = measurements.loc[(measurements["variant"] == f"continuous_r{middle}")
+    served_tpot = measurements.loc[(measurements["variant"] == f"continuous_{mid_load}")
                                    & (measurements["metric"] == "tpot_s"), "value"].tolist()
     tpot_same = bootstrap_ratio_ci(served_tpot, same_batch)
     tpot_one = bootstrap_ratio_ci(served_tpot, batch_one)
-    saturated = {server: _finite(capacity.loc[capacity["server"] == server, "output_tok_per_s"].max())
-                 if len(capacity) else None for server in ("ours", "vllm")}
-    policy_rate = rate_name(float(cfg["policy_rate_req_per_s"]))
-    continuous, static = _row(runs, f"continuous_r{policy_rate}"), _row(runs, f"static_r{policy_rate}")
+    saturated = {server: saturated_tok_per_s(capacity, server) for server in ("ours", "vllm")}
+    capacity_censored = {server: capacity_at_top(capacity, server) for server in ("ours", "vllm")}
+    policy_load = load_name(float(cfg["policy_load"]))
+    continuous, static = _row(runs, f"continuous_{policy_load}"), _row(runs, f"static_{policy_load}")
+    policy_rate = rate_name(round(float(continuous["request_rate"]), 2)) if continuous else None
+    ablation = _row(runs, ablation_variants(cfg)[0][1])
+    ablation_rate = rate_name(round(float(ablation["request_rate"]), 2)) if ablation else None
     prefix_on, prefix_off = _row(runs, "prefix_on"), _row(runs, "prefix_off")
     ours_long = long[long["server"] == "ours"] if len(long) else long
     unchunked = ours_long[ours_long["budget"] == 0] if len(ours_long) else ours_long
@@ -283,8 +308,10 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
     slab, paged = _row(runs, "ablation_slab"), _row(runs, "ablation_paged")
     ours_capacity, ref_capacity = capacity_of(capacity, "ours"), capacity_of(capacity, "vllm")
     return {
-        "middle_rate": middle, "policy_rate": policy_rate,
+        "middle_rate": middle, "middle_variant": f"continuous_{mid_load}" if mid else None,
+        "policy_rate": policy_rate, "ablation_rate": ablation_rate,
         "capacity_req_per_s": {"ours": ours_capacity, "vllm": ref_capacity},
+        "capacity_at_top_of_sweep": capacity_censored,
         "capacity_over_reference": _ratio(ours_capacity, ref_capacity),
         "saturated_tok_per_s": saturated,
         "saturated_tok_per_s_over_reference": _ratio(saturated.get("ours"), saturated.get("vllm")),
@@ -327,7 +354,7 @@ def verdicts(t: dict) -> dict:
 def findings(measurements: pd.DataFrame, runs: pd.DataFrame, tables: dict, meta: dict, cfg: dict) -> dict:
     """The key numbers the report's text, the at-a-glance block and the progress wall are worded from."""
     t = targets(runs, measurements, tables["steps"], tables["capacity"], tables["long"], cfg)
-    main = f"continuous_r{t['middle_rate']}" if t["middle_rate"] else runs["variant"].iloc[0]
+    main = t["middle_variant"] or runs["variant"].iloc[0]
     flow = tables["flow"]
     main_flow = flow[flow["variant"] == main].sort_values("order") if len(flow) else flow
     fairness = {policy: {"ttft_p50_s": group.set_index("tenant")["ttft_p50_s"].to_dict()}
@@ -345,6 +372,7 @@ def findings(measurements: pd.DataFrame, runs: pd.DataFrame, tables: dict, meta:
         "flow_total_s": float(main_flow["median_s"].sum()) if len(main_flow) else math.nan,
         "tenants": fairness,
         "reference": meta["notes"].get("reference", {}),
+        "saturated_req_per_s": {"ours": None, "vllm": None, **meta["notes"].get("saturated_req_per_s", {})},
         "failed_requests": {variant: run["failed"] for variant, run in meta["notes"]["runs"].items()},
         "requests": cfg["requests"], "prompt_tokens": cfg["prompt_tokens"], "output_tokens": cfg["output_tokens"],
         "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"], "slo_attainment": cfg["slo_attainment"],

@@ -58,7 +58,7 @@ from ...serving.engine.spans import load_spans, write_chrome_trace
 from ...timing import timing_method
 from . import NAME as PHASE
 from .variants import Run as LoadRun
-from .variants import our_runs, rate_name, reference_runs
+from .variants import SATURATED, load_name, our_runs, rate_name, reference_runs, resolve_rate
 
 READY_TIMEOUT_S = 300
 
@@ -162,7 +162,8 @@ def workload(cfg: dict, run: LoadRun, tokenizer, seed: int) -> tuple[LoadSetting
     arrival times and output lengths). The warm-up prompts come last (spare ones that share no prefix). Prompts
     are drawn from `seed` and the workload and rate, so runs at one load (ours, vLLM's, each ablation step) see
     the same prompts, and two runs on one server never share a prompt (the prefix cache would serve the second)."""
-    seed += zlib.crc32(f"{run.workload}@{rate_name(run.rate)}".encode()) % 100_000
+    load = load_name(run.load) if run.load is not None else rate_name(run.rate)
+    seed += zlib.crc32(f"{run.workload}@{load}".encode()) % 100_000
     tenants, slo = cfg["tenants"], {"slo_ttft_ms": cfg["slo_ttft_s"] * 1e3, "slo_tpot_ms": cfg["slo_tpot_s"] * 1e3}
     common = {"burstiness": cfg["burstiness"], "seed": seed, "warmup_requests": cfg["warmup_requests"], **slo}
     spare = max(cfg["warmup_requests"], 1)
@@ -234,10 +235,13 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
     work = Path(tempfile.mkdtemp(prefix="d4-serving-"))
     requests, bench, spans, notes = [], [], [], {"runs": {}, "lever": lever, "servers": {}}
     progress = tqdm(total=len(ours) + len(theirs), desc="d4 serving", unit="run")
+    saturated = {}  # server -> requests / duration of its run with every request at once (req/s)
 
     def drive(run: LoadRun, base_url: str) -> tuple[float, float]:
-        """One run against a started server; returns its window (perf_counter seconds, the servers' clock too)."""
+        """One run against a started server; returns its window (perf_counter seconds, the servers' clock too).
+        Random-workload rates are shares of our server's saturated rate (its saturated run comes first)."""
         started = time.perf_counter()
+        run = resolve_rate(run, saturated.get("ours"))
         load, script = workload(cfg, run, tokenizer, settings["seed"])
         model_name = first_model(base_url)
         result = asyncio.run(run_load_async(base_url, model_name, load, label=run.variant, **script))
@@ -248,6 +252,9 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
         bench.append({"variant": run.variant, "server": run.server, "policy": run.policy, **result.result})
         notes["runs"][run.variant] = {**asdict(run), "duration_s": result.duration_s,
                                       "failed": int((~frame["success"]).sum())}
+        if run.load == SATURATED and run.workload == "random":
+            saturated[run.server] = int(frame["success"].sum()) / result.duration_s
+            notes["saturated_req_per_s"] = dict(saturated)
         progress.update(1)
         return started, time.perf_counter()
 

@@ -9,13 +9,18 @@ One run = one server (ours with its switches, or vLLM's) under one workload. Our
 Workloads: "random" (random prompts of prompt_tokens, at a rate), "prefix" (one shared system prompt + a short
 question each), "long" (running streams, then long prompts arriving among them), "tenants" (one noisy tenant).
 
-Names:
-    ablation_<step>        ours, one idea added per step: slab, paged, chunked, (prefix: continuous_r<ablation
-                           rate>), lever (random workload)
-    continuous_r<rate>     ours with every idea on but the lever, in the model's dtype as vLLM runs it: the
+Loads: the random workload's request rates are shares of our server's saturated rate, measured first (its
+`continuous_sat` run sends every request at once; saturated rate = requests / that run's duration), so the sweep
+fits the machine it runs on, as guidellm's sweep profile spreads its rates between the synchronous and the
+throughput rates it measured. Both servers run at the same absolute rates.
+
+Names (<load>: "sat" = all at once, "60pct" = 0.6 x the saturated rate):
+    ablation_<step>        ours, one idea added per step: slab, paged, chunked, (prefix: continuous_<ablation
+                           load>), lever (random workload)
+    continuous_<load>      ours with every idea on but the lever, in the model's dtype as vLLM runs it: the
                            capacity sweep (and the policy comparison's continuous row)
-    vllm_r<rate>           the reference at the same rates
-    <policy>_r<rate>       static and dynamic batching (with every other idea on) at the policy rate
+    vllm_<load>            the reference at the same rates
+    <policy>_<load>        static and dynamic batching (with every other idea on) at the policy load
     prefix_<on|off>        ours, the shared-prefix workload;   vllm_prefix   the reference (its prefix caching on)
     long_<budget|off>      ours, the long-prompt workload at a step budget (off: no chunking);   vllm_long
     tenants_<fifo|fair>    ours (continuous) under one noisy tenant, admission fifo or fair
@@ -27,9 +32,29 @@ from dataclasses import dataclass, replace
 
 
 
+SATURATED = math.inf  # the load of a run that sends every request at once
+
+
 def rate_name(rate: float) -> str:
     """1.0 -> "1", 0.5 -> "0.5", inf -> "inf"."""
     return "inf" if math.isinf(rate) else f"{rate:g}"
+
+
+def load_name(load: float) -> str:
+    """A load in run names: inf -> "sat" (all at once), 0.6 -> "60pct" (0.6 x the saturated rate)."""
+    return "sat" if math.isinf(load) else f"{round(load * 100):d}pct"
+
+
+def resolve_rate(run: "Run", saturated_req_per_s: float | None) -> "Run":
+    """`run` with its request rate: a random-workload run's load x the saturated rate (all at once for the
+    saturated run itself); other workloads keep their configured rates."""
+    if run.load is None:
+        return run
+    if math.isinf(run.load):
+        return replace(run, rate=math.inf)
+    if not saturated_req_per_s or not math.isfinite(saturated_req_per_s):
+        raise RuntimeError(f"run {run.variant} needs the saturated rate, which was not measured")
+    return replace(run, rate=run.load * saturated_req_per_s)
 
 
 @dataclass(frozen=True)
@@ -40,6 +65,7 @@ class Run:
     server: str                 # "ours" or "vllm"
     workload: str               # random | prefix | long | tenants
     rate: float
+    load: float | None = None   # random workload: the rate as a share of the saturated rate (inf: all at once)
     policy: str = "continuous"  # "vllm" for the reference
     kv_cache: str = "paged"
     max_step_tokens: int = 0
@@ -58,25 +84,32 @@ def has_lever(cfg: dict) -> bool:
     return cfg["lever"] not in ("", "none")
 
 
+def sweep_loads(cfg: dict) -> list[float]:
+    """The capacity sweep's loads (shares of the saturated rate) with the ablation's and the policies', sorted."""
+    return sorted({float(load) for load in cfg["capacity_loads"]} | {float(cfg["ablation_load"]),
+                                                                     float(cfg["policy_load"])})
+
+
 def our_runs(cfg: dict) -> list[Run]:
-    """Our server's runs, grouped so that runs sharing a server follow each other."""
-    best = Run("", "ours", "random", math.inf, max_step_tokens=int(cfg["max_step_tokens"]))
+    """Our server's runs, grouped so that runs sharing a server follow each other; the saturated run comes first
+    (every other random-workload rate is a share of its rate)."""
+    best = Run("", "ours", "random", math.nan, max_step_tokens=int(cfg["max_step_tokens"]))
     steps = {"slab": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off"),
              "paged": replace(best, max_step_tokens=0, prefix_cache="off"),
              "chunked": replace(best, prefix_cache="off"),
              "lever": replace(best, lever=cfg["lever"])}
-    ablation_rate = float(cfg["ablation_rate_req_per_s"])
-    runs = [replace(steps[step], variant=f"ablation_{step}", rate=ablation_rate) for step in steps
-            if step != "lever" or has_lever(cfg)]
-    policy_rate = float(cfg["policy_rate_req_per_s"])
-    rates = sorted({float(rate) for rate in cfg["capacity_rates_req_per_s"]} | {ablation_rate, policy_rate})
-    runs += [replace(best, variant=f"continuous_r{rate_name(rate)}", rate=rate) for rate in rates]
-    runs += [replace(best, variant=f"{policy}_r{rate_name(policy_rate)}", policy=policy, rate=policy_rate)
+    runs = [replace(best, variant=f"continuous_{load_name(load)}", load=load)
+            for load in [SATURATED, *sweep_loads(cfg)]]
+    ablation_load = float(cfg["ablation_load"])
+    runs += [replace(steps[step], variant=f"ablation_{step}", load=ablation_load) for step in steps
+             if step != "lever" or has_lever(cfg)]
+    policy_load = float(cfg["policy_load"])
+    runs += [replace(best, variant=f"{policy}_{load_name(policy_load)}", policy=policy, load=policy_load)
              for policy in cfg["policies"] if policy != "continuous"]
     prefix = cfg["shared_prefix"]
     runs += [replace(best, variant=f"prefix_{switch}", workload="prefix", rate=float(prefix["rate_req_per_s"]),
                      prefix_cache=switch) for switch in ("on", "off")]
-    runs += [replace(steps["chunked"], variant=f"long_{budget or 'off'}", workload="long",
+    runs += [replace(steps["chunked"], variant=f"long_{budget or 'off'}", workload="long", rate=math.inf,
                      max_step_tokens=int(budget)) for budget in cfg["long_prompts"]["budgets"]]
     tenants = cfg["tenants"]
     runs += [replace(best, variant=f"tenants_{policy}", workload="tenants", tenant_policy=policy,
@@ -88,22 +121,20 @@ def our_runs(cfg: dict) -> list[Run]:
 
 def ablation_variants(cfg: dict) -> list[tuple[str, str]]:
     """(step, run variant) of the ablation table in order: each idea added to the one before."""
-    rate = rate_name(float(cfg["ablation_rate_req_per_s"]))
+    load = load_name(float(cfg["ablation_load"]))
     rows = [("slab", "ablation_slab"), ("paged", "ablation_paged"), ("chunked", "ablation_chunked"),
-            ("prefix", f"continuous_r{rate}")]
+            ("prefix", f"continuous_{load}")]
     return rows + ([("lever", "ablation_lever")] if has_lever(cfg) else [])
 
 
 def reference_runs(cfg: dict) -> list[Run]:
     """The reference server's runs (one server, with our default switches where vLLM has them): the capacity
-    sweep, the shared-prefix workload and the long-prompt workload."""
-    vllm = Run("", "vllm", "random", math.inf, policy="vllm", max_step_tokens=int(cfg["max_step_tokens"]))
-    rates = sorted({float(rate) for rate in cfg["capacity_rates_req_per_s"]}
-                   | {float(cfg["ablation_rate_req_per_s"]), float(cfg["policy_rate_req_per_s"])})
-    runs = [replace(vllm, variant=f"vllm_r{rate_name(rate)}", rate=rate) for rate in rates]
+    sweep at our rates (and its own saturated run), the shared-prefix workload and the long-prompt workload."""
+    vllm = Run("", "vllm", "random", math.nan, policy="vllm", max_step_tokens=int(cfg["max_step_tokens"]))
+    runs = [replace(vllm, variant=f"vllm_{load_name(load)}", load=load) for load in [SATURATED, *sweep_loads(cfg)]]
     runs.append(replace(vllm, variant="vllm_prefix", workload="prefix",
                         rate=float(cfg["shared_prefix"]["rate_req_per_s"])))
-    runs.append(replace(vllm, variant="vllm_long", workload="long"))
+    runs.append(replace(vllm, variant="vllm_long", workload="long", rate=math.inf))
     return runs
 
 

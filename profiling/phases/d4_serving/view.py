@@ -58,7 +58,7 @@ def rate_axis(rates: pd.Series) -> tuple[pd.Series, list, list]:
     inf_x = (finite[-1] * 2 if finite else 1.0)
     xs = rates.map(lambda rate: inf_x if math.isinf(rate) else rate)
     ticks = finite + ([inf_x] if any(math.isinf(rate) for rate in rates) else [])
-    labels = [f"{rate:g}" for rate in finite] + (["all at once"] if len(ticks) > len(finite) else [])
+    labels = [f"{rate:.3g}" for rate in finite] + (["all at once"] if len(ticks) > len(finite) else [])
     return xs, ticks, labels
 
 
@@ -159,7 +159,8 @@ def view(reports: Path, figures: Path) -> dict | None:
     findings, runs = files["findings.json"], files["runs.csv"]
     main = findings["flow_variant"]
     ours = runs[runs["server"] == "ours"]
-    busiest = ours[ours["variant"].str.startswith("continuous_r")].sort_values("request_rate")["variant"].tolist()
+    sweep = ours[ours["variant"].str.startswith("continuous_") & (ours["workload"] == "random")]
+    busiest = sweep.sort_values("request_rate")["variant"].tolist()
     budgets = [f"long_{row['budget'] or 'off'}" if row["server"] == "ours" else row["variant"]
                for row in findings["long_prompts"]]
     slo = {"ttft_s": findings["slo_ttft_s"], "tpot_s": findings["slo_tpot_s"],
