@@ -161,6 +161,7 @@ class Precision:
 
     device: str  # "cpu" or "cuda"
     dtype: str  # one of DTYPE_NAMES
+    linears: str = "prepacked"  # on a CPU: prepacked (oneDNN, packed at load) or aten (F.linear); see prepack.py
 
     @property
     def torch_dtype(self):
@@ -207,7 +208,7 @@ def resolve_precision(config: dict) -> Precision:
     dtype = config.get("dtype", "auto")
     if dtype == "auto":
         dtype = "float16" if device == "cuda" else "float32"
-    return Precision(device=device, dtype=dtype)
+    return Precision(device=device, dtype=dtype, linears=config.get("cpu_linears", "prepacked"))
 
 
 def confirm_device(precision: Precision) -> None:

@@ -152,14 +152,20 @@ def _load_error(model: str, error: Exception) -> ConfigError:
 
 
 def load_model(model: str, precision: Precision):
-    """Load the model in `precision.dtype` onto `precision.device`, in eval mode."""
+    """Load the model in `precision.dtype` onto `precision.device`, in eval mode; on a CPU its linear layers are
+    prepacked for oneDNN unless precision.linears is "aten" (prepack.py)."""
     from transformers import AutoModelForCausalLM
+
+    from .prepack import prepack_linears
 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(model_source(model), dtype=precision.torch_dtype)
     except OSError as error:
         raise _load_error(model, error) from error
-    return loaded.to(precision.device).eval()
+    loaded = loaded.to(precision.device).eval()
+    if precision.device == "cpu" and precision.linears == "prepacked":
+        prepack_linears(loaded)
+    return loaded
 
 
 def load_tokenizer(model: str):

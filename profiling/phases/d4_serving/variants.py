@@ -5,6 +5,7 @@ One run = one server (ours with its switches, or vLLM's) under one workload. Our
     kv_cache        slab | paged
     max_step_tokens 0 (prompts run whole, in steps of their own) or the step's token budget (chunked prefill)
     prefix_cache    on | off
+    linears         "" (the run's cpu_linears), prepacked (oneDNN, weights packed once) or aten (torch's F.linear)
     lever           "" or the engine lever from D5 that applies to batches (e.g. dtype bfloat16)
 Workloads: "random" (random prompts of prompt_tokens, at a rate), "prefix" (one shared system prompt + a short
 question each), "long" (running streams, then long prompts arriving among them), "tenants" (one noisy tenant).
@@ -15,8 +16,8 @@ fits the machine it runs on, as guidellm's sweep profile spreads its rates betwe
 throughput rates it measured. Both servers run at the same absolute rates.
 
 Names (<load>: "sat" = all at once, "60pct" = 0.6 x the saturated rate):
-    ablation_<step>        ours, one idea added per step: slab, paged, chunked, (prefix: continuous_<ablation
-                           load>), lever (random workload)
+    ablation_<step>        ours, one idea added per step: slab (F.linear), kernels (prepacked linears), paged,
+                           chunked, (prefix: continuous_<ablation load>), lever (random workload)
     continuous_<load>      ours with every idea on but the lever, in the model's dtype as vLLM runs it: the
                            capacity sweep (and the policy comparison's continuous row)
     vllm_<load>            the reference at the same rates
@@ -70,14 +71,15 @@ class Run:
     kv_cache: str = "paged"
     max_step_tokens: int = 0
     prefix_cache: str = "on"
+    linears: str = ""           # "" (the run's cpu_linears) | prepacked | aten
     lever: str = ""             # "" or the config's lever (auto, bfloat16, int8_dynamic, …; resolved by the experiment)
     tenant_policy: str = "fifo"
 
     @property
     def server_key(self) -> tuple:
         """Runs with the same key share one server process (started once, driven in turn)."""
-        return (self.server, self.policy, self.kv_cache, self.max_step_tokens, self.prefix_cache, self.lever,
-                self.tenant_policy, self.workload == "tenants")
+        return (self.server, self.policy, self.kv_cache, self.max_step_tokens, self.prefix_cache, self.linears,
+                self.lever, self.tenant_policy, self.workload == "tenants")
 
 
 def has_lever(cfg: dict) -> bool:
@@ -94,7 +96,8 @@ def our_runs(cfg: dict) -> list[Run]:
     """Our server's runs, grouped so that runs sharing a server follow each other; the saturated run comes first
     (every other random-workload rate is a share of its rate)."""
     best = Run("", "ours", "random", math.nan, max_step_tokens=int(cfg["max_step_tokens"]))
-    steps = {"slab": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off"),
+    steps = {"slab": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off", linears="aten"),
+             "kernels": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off", linears="prepacked"),
              "paged": replace(best, max_step_tokens=0, prefix_cache="off"),
              "chunked": replace(best, prefix_cache="off"),
              "lever": replace(best, lever=cfg["lever"])}
@@ -122,7 +125,7 @@ def our_runs(cfg: dict) -> list[Run]:
 def ablation_variants(cfg: dict) -> list[tuple[str, str]]:
     """(step, run variant) of the ablation table in order: each idea added to the one before."""
     load = load_name(float(cfg["ablation_load"]))
-    rows = [("slab", "ablation_slab"), ("paged", "ablation_paged"), ("chunked", "ablation_chunked"),
+    rows = [("slab", "ablation_slab"), ("kernels", "ablation_kernels"), ("paged", "ablation_paged"), ("chunked", "ablation_chunked"),
             ("prefix", f"continuous_{load}")]
     return rows + ([("lever", "ablation_lever")] if has_lever(cfg) else [])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .settings import KV_CACHES, POLICIES, QUANTIZE, SWITCHES, TENANT_POLICIES, ServerSettings
+from .settings import KV_CACHES, LINEARS, POLICIES, QUANTIZE, SWITCHES, TENANT_POLICIES, ServerSettings
 
 HELP = {
     "model": "model name, local directory or cached Hugging Face id",
@@ -16,6 +16,8 @@ HELP = {
     "dtype": "auto | float32 | bfloat16 | float16",
     "threads": "torch threads: auto (one per physical core) or N",
     "quantize": "linear layers: " + " | ".join(QUANTIZE) + " (int8_dynamic: CPU only, approximate)",
+    "linears": "CPU linear layers: prepacked (oneDNN, weights packed once at start: fast at any batch) | aten "
+               "(torch's F.linear)",
     "host": "address to listen on",
     "port": "port (0 = pick a free one and print it)",
     "policy": "scheduling policy: " + " | ".join(POLICIES),
@@ -35,7 +37,7 @@ HELP = {
     "spans_out": "write the server-side span events to this JSONL file",
     "served_model_name": "model name to report in /v1/models (default: --model)",
 }
-CHOICES = {"quantize": QUANTIZE, "policy": POLICIES, "tenant_policy": TENANT_POLICIES, "kv_cache": KV_CACHES, "prefix_cache": SWITCHES, "device": ("auto", "cpu", "cuda"),
+CHOICES = {"quantize": QUANTIZE, "linears": LINEARS, "policy": POLICIES, "tenant_policy": TENANT_POLICIES, "kv_cache": KV_CACHES, "prefix_cache": SWITCHES, "device": ("auto", "cpu", "cuda"),
            "dtype": ("auto", "float32", "bfloat16", "float16")}
 TYPES = {"port": int, "max_batch": int, "kv_block_size": int, "kv_blocks": int, "kv_cache_mib": int,
          "max_step_tokens": int, "queue_depth": int, "tenant_cap": int, "max_tokens_limit": int,

@@ -46,6 +46,18 @@ def _eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def _prepacked(model, linears: str, owned: bool):
+    """The model with its float linear layers prepacked for oneDNN when `linears` asks and it runs on a CPU (a
+    copy unless `owned`: a model handed in, as the tests do, stays as it was)."""
+    from ...prepack import is_prepacked, prepack_linears
+
+    if linears != "prepacked" or next(model.parameters()).device.type != "cpu" or is_prepacked(model):
+        return model
+    model = model if owned else copy.deepcopy(model)
+    prepack_linears(model)
+    return model
+
+
 def _quantized(model, quantize: str):
     """The model with its linear layers quantised as `quantize` asks (none: unchanged)."""
     from ... import quantize as quantizers
@@ -62,13 +74,17 @@ class Service:
     def __init__(self, settings: ServerSettings, model=None, tokenizer=None):
         self.settings = settings.check()
         self.threads = apply_threads({"threads": settings.threads})
-        if model is None or tokenizer is None:
+        owned = model is None or tokenizer is None
+        if owned:
             from ...model import load_model, load_tokenizer
 
-            precision = resolve_precision({"device": settings.device, "dtype": settings.dtype})
+            # quantisation replaces the linear layers first; prepacking then takes the float ones left
+            precision = resolve_precision({"device": settings.device, "dtype": settings.dtype, "cpu_linears": "aten"})
             model = load_model(settings.model, precision)
             tokenizer = load_tokenizer(settings.model)
-        self.model, self.tokenizer = _quantized(model.eval(), settings.quantize), tokenizer
+        model = _quantized(model.eval(), settings.quantize)
+        model = _prepacked(model, settings.linears, owned=owned or settings.quantize != "none")
+        self.model, self.tokenizer = model, tokenizer
         self.context_tokens = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.engine = StepEngine(model, pad_token_id=pad or 0, eos_token_ids=_eos_token_ids(model, tokenizer))

@@ -28,6 +28,7 @@ from ...config import EMBEDDED_MODEL, ConfigError
 POLICIES = ("static", "dynamic", "continuous")
 KV_CACHES = ("paged", "slab")
 QUANTIZE = ("none", "int8_dynamic", "int8_weight_only")  # profiling/quantize.py
+LINEARS = ("prepacked", "aten")  # profiling/prepack.py
 SWITCHES = ("on", "off")
 TENANT_POLICIES = ("fifo", "fair")
 
@@ -41,6 +42,7 @@ class ServerSettings:
     dtype: str = "auto"               # auto | float32 | bfloat16 | float16
     threads: str | int = "auto"       # torch threads: auto = one per physical core
     quantize: str = "none"            # none | int8_dynamic | int8_weight_only (linear layers; see quantize.py)
+    linears: str = "prepacked"        # CPU: prepacked (oneDNN, weights packed at start) | aten (F.linear)
     host: str = "127.0.0.1"
     port: int = 8000                  # 0 = pick a free port (printed once ready)
     policy: str = "continuous"        # static | dynamic | continuous
@@ -65,6 +67,8 @@ class ServerSettings:
             raise ConfigError(f"policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
         if self.quantize not in QUANTIZE:
             raise ConfigError(f"quantize: {self.quantize!r} is not one of {', '.join(QUANTIZE)}")
+        if self.linears not in LINEARS:
+            raise ConfigError(f"linears: {self.linears!r} is not one of {', '.join(LINEARS)}")
         if self.kv_cache not in KV_CACHES:
             raise ConfigError(f"kv_cache: {self.kv_cache!r} is not one of {', '.join(KV_CACHES)}")
         if self.prefix_cache not in SWITCHES:

@@ -1,0 +1,67 @@
+"""Prepacked linear layers for the CPU: each nn.Linear's weight reordered once, at load, into oneDNN's blocked
+layout, then run by oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`, the kernel Inductor's `freezing`
+uses and vLLM's CPU backend builds on).
+
+Why: torch's F.linear on a CPU calls MKL's GEMV at 1 row and its GEMM above, and the GEMM packs the weight again
+at every call. A decode step at batch 2 to 16 then costs about twice batch 1's, though it reads the same weights.
+With the weights packed once, a step's linears cost about the same from 1 to 16 rows: they read the weights once
+per step, which is all a decode step has to do. The numbers of this machine are in D2's linear-shape curve and in
+D5's variant table (the `aten_linears` row is the unpacked path).
+
+    cpu_linears: prepacked   float32 and bfloat16 weights on the CPU, packed at load (the default)
+    cpu_linears: aten        torch's F.linear, as transformers runs it
+
+The results equal F.linear's up to float rounding (the kernels sum in another order). The original weight stays
+the module's `weight` (a tied lm_head shares it with the embedding, and the byte counts read it), so a packed
+model holds its linear weights twice.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CHOICES = ("prepacked", "aten")
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class PrepackedLinear(nn.Module):
+    """An nn.Linear run by oneDNN over a weight packed once (same inputs, outputs, weight and bias)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        # an opaque oneDNN tensor: neither a parameter nor a buffer (no data_ptr, never moved or saved)
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
+               f"oneDNN prepacked"
+
+
+def available() -> bool:
+    """True when this torch has oneDNN's linear ops (CPU builds of torch 2.x do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def prepack_linears(model: nn.Module) -> int:
+    """Replace every CPU nn.Linear of `model` holding float32 or bfloat16 weights by a PrepackedLinear, in place;
+    returns how many were replaced (0 on a GPU, or when oneDNN is missing)."""
+    if not available():
+        return 0
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (type(child) is nn.Linear and child.weight.device.type == "cpu"
+                    and child.weight.dtype in PACKABLE_DTYPES):
+                setattr(parent, name, PrepackedLinear(child))
+                replaced += 1
+    return replaced
+
+
+def is_prepacked(model: nn.Module) -> bool:
+    return any(isinstance(module, PrepackedLinear) for module in model.modules())
