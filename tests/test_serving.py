@@ -29,12 +29,14 @@ def tiny_model():
 
 @pytest.fixture
 def start(tiny_model, tmp_path):
-    """start(**settings) -> a running server on the tiny model (stopped after the test); spans go to tmp_path."""
+    """start(**settings) -> a running server on the tiny model (stopped after the test); spans go to tmp_path. The
+    server runs the handed-in model itself (linears aten), so hooks on it (slow_steps, an injected failure) act;
+    a prepacked server works on its own copy (test_continuous_batching_equals_alone_token_for_token)."""
     running = []
 
     def _start(**overrides):
         fields = {"model": "tiny-random", "port": 0, "spans_out": str(tmp_path / f"spans{len(running)}.jsonl"),
-                  **overrides}
+                  "linears": "aten", **overrides}
         server = start_in_thread(ServerSettings(**fields), model=tiny_model[0], tokenizer=tiny_model[1])
         running.append(server)
         return server
@@ -232,7 +234,7 @@ def assert_blocks_all_free(server) -> None:
 
 @pytest.mark.parametrize("setup", list(KV_SETUPS))
 def test_continuous_batching_equals_alone_token_for_token(start, tiny_model, setup):
-    server = start(policy="continuous", max_batch=4, **KV_SETUPS[setup])
+    server = start(policy="continuous", max_batch=4, linears="prepacked", **KV_SETUPS[setup])
     lengths = [40, 25, 150, 10, 35, 90]  # 150 and 90 outgrow the spare KV columns (kv_slab.py)
     bodies = [{"prompt": prompt, "max_tokens": n, "ignore_eos": True, "return_token_ids": True}
               for prompt, n in zip(PROMPTS, lengths)]
