@@ -163,7 +163,7 @@ def run_d2(settings, out):
     d2_bottlenecks.run(settings, out / "measurements.csv", out / "meta.json", out / "ceilings.json", traces)
     analysis.analyze(settings, out / "measurements.csv", out / "meta.json", out / "ceilings.json", traces,
                      [out / "d1_request" / "measurements.csv"], out / "summary.csv", out / "roofline.csv", out / "breakdown.csv",
-                     out / "findings.json")
+                     out / "findings.json", out / "linear_shapes.csv")
     return json.loads((out / "findings.json").read_text())
 
 

@@ -4,8 +4,8 @@ Reads files only (never runs the model):
     D2's measurements.csv, meta.json (the model's shapes), ceilings.json (the measured roofs), its decode traces;
     the measurements.csv of the other phases that feed the roofline (FEEDS_ROOFLINE in their metadata).
 Writes summary.csv, roofline.csv (one row per point), breakdown.csv (time by category per traced batch size and
-stage) and findings.json (the numbers the report's text and the progress wall's line are
-generated from).
+stage), linear_shapes.csv (the linear-layer shape curve: shape_curve.py) and findings.json (the numbers the
+report's text and the progress wall's line are generated from).
 
 Roofline points. Every row with metric prefill_s or decode_step_s (the shared timing contract: batch_size,
 prompt_tokens, step, use_cache) is one forward pass; its FLOPs and bytes come from the analytic model
@@ -40,6 +40,7 @@ from ...shapes import Shapes
 from .costs import decode_context_tokens, decode_step_cost, prefill_cost
 from .op_categories import CATEGORIES, category_table
 from .roof import bandwidth_roof
+from .shape_curve import curve_findings, curve_table
 from ...stats import summary_table
 from ...trace_ops import StageIndex, kernel_launches, load_events, stage_group, stage_spans
 
@@ -351,7 +352,7 @@ def verdict_matrix(points: pd.DataFrame) -> dict:
 
 def findings(points: pd.DataFrame, breakdown: pd.DataFrame, ceilings: dict, roofs: dict, threads: pd.DataFrame,
              overhead: dict, gpu: dict, sources: list[str], overhead_threshold: float,
-             cv_warn: float, headlines: list[dict]) -> dict:
+             cv_warn: float, headlines: list[dict], linear_shapes: dict | None = None) -> dict:
     """The key numbers and verdicts the report's text is generated from."""
     others = [source for source in sources if source != PHASE]
     decode = _point(points, PHASE, "decode", 1) or _point(points, PHASE, "decode") or next(
@@ -403,11 +404,12 @@ def findings(points: pd.DataFrame, breakdown: pd.DataFrame, ceilings: dict, roof
         "points_above_roof": int((points["roof_share"] > 1).sum()) if len(points) else 0,
         "cv_warn": cv_warn,
         "headlines": headlines,
+        "linear_shapes": linear_shapes,  # the shape curve's numbers and verdict keys (shape_curve.py); None: not run
     }
 
 
 def analyze(settings: dict, measurements_path, meta_path, ceilings_path, trace_paths: list, source_paths: list,
-            summary_path, roofline_path, breakdown_path, findings_path) -> None:
+            summary_path, roofline_path, breakdown_path, findings_path, linear_shapes_path) -> None:
     """Read every input, compute the tables and findings, and write them (all or nothing). `source_paths`: the
     measurements.csv of the other phases whose timed forwards become roofline points (each named by its folder)."""
     cfg = settings[PHASE]
@@ -431,17 +433,22 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, trace_p
     threads = thread_scaling_table(measurements)
     overhead = profiler_overhead(measurements)
     summary = summary_table(measurements[measurements["metric"] != "oom"],
-                            [c for c in ("variant", "metric", "batch_size", "threads", "step") if c in measurements],
-                            settings["cv_warn"])
+                            [c for c in ("variant", "metric", "batch_size", "threads", "step", "rows")
+                             if c in measurements], settings["cv_warn"])
+    linear = meta["notes"].get("linear_shapes") or {}
+    curve = curve_table(measurements, roofs["bandwidth_bytes_per_s"], linear.get("repeat_policy"))
+    curve_verdict = curve_findings(curve, measurements, {**meta["env"], **(linear.get("isa") or {})},
+                                   cfg["linear_jump_ratio"])
 
-    with staged(summary_path, roofline_path, breakdown_path, findings_path) as temps:
-        summary_tmp, roofline_tmp, breakdown_tmp, findings_tmp = temps
+    with staged(summary_path, roofline_path, breakdown_path, findings_path, linear_shapes_path) as temps:
+        summary_tmp, roofline_tmp, breakdown_tmp, findings_tmp, linear_tmp = temps
         summary.to_csv(summary_tmp, index=False)
         points.to_csv(roofline_tmp, index=False)
         breakdown.to_csv(breakdown_tmp, index=False)
+        curve.to_csv(linear_tmp, index=False)
         write_json(findings_tmp, findings(points, breakdown, ceilings, roofs, threads, overhead, gpu, list(sources),
                                           cfg["overhead_threshold"], settings["cv_warn"],
-                                          headline_figures(measurements)))
+                                          headline_figures(measurements), curve_verdict))
 
 
 # ---- command line (python -m profiling d2_bottlenecks_analysis) ---------------------------------------------------
@@ -449,7 +456,7 @@ def add_arguments(parser) -> None:
     from ...config import settings_arg
 
     parser.add_argument("--settings", type=settings_arg, required=True)
-    for name in ("measurements", "meta", "ceilings", "summary", "roofline", "breakdown", "findings"):
+    for name in ("measurements", "meta", "ceilings", "summary", "roofline", "breakdown", "findings", "linear-shapes"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--traces", nargs="+", required=True, help="D2 decode traces, one per batch size in order")
     parser.add_argument("--sources", nargs="*", default=[],
@@ -458,4 +465,4 @@ def add_arguments(parser) -> None:
 
 def cli(args) -> None:
     analyze(args.settings, args.measurements, args.meta, args.ceilings, args.traces, args.sources,
-            args.summary, args.roofline, args.breakdown, args.findings)
+            args.summary, args.roofline, args.breakdown, args.findings, args.linear_shapes)

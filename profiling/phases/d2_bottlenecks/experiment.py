@@ -14,6 +14,8 @@
    traced_b<B> so the profiler's overhead can be shown.
 4. Thread scaling (CPU only): prefill and decode steps at batch 1 with 1 torch thread versus all of the run's
    threads.
+5. Linear-layer shape curve (linear_shapes.py): every nn.Linear weight of the model timed as F.linear at
+   `linear_rows` rows, in each of `linear_dtypes`; the CPU's bfloat16 instructions are recorded in meta.json.
 
 An out-of-memory error at a batch size is recorded as a row (metric `oom`, value 1) and the sweep goes on; its
 trace file is then an empty Chrome trace.
@@ -28,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from . import ceilings as device_ceilings
+from . import linear_shapes
 from ... import model as models
 from ...engine import generate
 from ...io import staged, write_json
@@ -147,6 +150,7 @@ def run(settings: dict, measurements_path, meta_path, ceilings_path, trace_paths
         traces = dict(zip(cfg["batch_sizes"], trace_tmps))
         out_of_memory = batch_sweep(model, shapes.vocab, cfg, settings, device, run_info.threads, rows, traces)
         thread_counts = thread_scaling(model, shapes.vocab, cfg, settings, device, run_info.threads, rows)
+        linear_out_of_memory = linear_shapes.measure(model, cfg, settings, device, run_info.threads, rows)
 
         rows.write(measurements_tmp)
         write_json(ceilings_tmp, {**run_info.env, "ceilings": ceilings})
@@ -162,6 +166,11 @@ def run(settings: dict, measurements_path, meta_path, ceilings_path, trace_paths
             "out_of_memory_batch_sizes": out_of_memory,
             "thread_counts": thread_counts,
             "repeat_policy": RepeatPolicy(settings, cfg).describe(),
+            "linear_shapes": {
+                "isa": linear_shapes.cpu_isa(),
+                "repeat_policy": linear_shapes.repeat_policy(settings, cfg).describe(),
+                "out_of_memory": linear_out_of_memory,
+            },
         })
 
 

@@ -1,5 +1,5 @@
 # D2 bottlenecks (see experiment.py beside this file): measured ceilings, a batch sweep with short traced runs,
-# thread scaling; then the roofline, verdicts and time breakdown.
+# thread scaling, the linear-layer shape curve; then the roofline, verdicts, time breakdown and the curve's table.
 
 D2_TRACES = expand(f"{RUN}/traces/d2_bottlenecks/decode_b{{batch}}.json.gz",
                    batch=CONFIG["d2_bottlenecks"]["batch_sizes"], allow_missing=True)
@@ -42,6 +42,7 @@ rule d2_bottlenecks_analysis:
         roofline=f"{RUN}/data/d2_bottlenecks/roofline.csv",
         breakdown=f"{RUN}/data/d2_bottlenecks/breakdown.csv",
         findings=f"{RUN}/data/d2_bottlenecks/findings.json",
+        linear_shapes=f"{RUN}/data/d2_bottlenecks/linear_shapes.csv",
     params:
         settings=settings("d2_bottlenecks"),
     log:
@@ -50,7 +51,8 @@ rule d2_bottlenecks_analysis:
         "{PROFILING} d2_bottlenecks_analysis --settings {params.settings:q} --measurements {input.measurements}"
         " --meta {input.meta} --ceilings {input.ceilings} --traces {input.traces} --sources {input.sources}"
         " --summary {output.summary} --roofline {output.roofline}"
-        " --breakdown {output.breakdown} --findings {output.findings} 2>&1 | tee {log}"
+        " --breakdown {output.breakdown} --findings {output.findings}"
+        " --linear-shapes {output.linear_shapes} 2>&1 | tee {log}"
 
 
 REPORT_INPUTS.extend([*rules.d2_bottlenecks_analysis.output, rules.d2_bottlenecks.output.meta,

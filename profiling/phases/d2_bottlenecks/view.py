@@ -1,4 +1,5 @@
-"""The D2 bottlenecks section of the report: measured ceilings, roofline with verdicts, where the time goes."""
+"""The D2 bottlenecks section of the report: measured ceilings, roofline with verdicts, where the time goes, the
+linear-layer shape curve."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,7 @@ CATEGORY_COLOURS = {
 }
 SOURCE_COLOURS = ["#1f77b4", "#8c564b", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e"]  # this phase first, then the others
 STAGE_MARKERS = {"prefill": "s", "decode": "o"}
+DTYPE_COLOURS = {"float32": "#1f77b4", "bfloat16": "#d62728", "float16": "#2ca02c"}
 
 # How each ceiling is shown: (rate key in ceilings.json, display scale, display unit).
 CEILING_DISPLAY = {
@@ -123,6 +125,34 @@ def breakdown_columns(breakdown: pd.DataFrame) -> tuple[list[str], list[dict]]:
     return headers, rows
 
 
+def d2_linear_shapes(curve: pd.DataFrame, roof_bytes_per_s: float, figures: Path) -> str:
+    """Two panels against rows M (log 2): ms per pass over every weight matrix (median, 95% CI bars) and the
+    achieved GB/s (weight bytes read / median time) under D2's bandwidth roof, one line per dtype."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for dtype, group in curve.groupby("dtype", sort=False):
+        group = group.sort_values("rows")
+        colour = DTYPE_COLOURS.get(dtype, "#7f7f7f")
+        errors = [group["pass_ms_p50"] - group["pass_ms_ci95_low"], group["pass_ms_ci95_high"] - group["pass_ms_p50"]]
+        left.errorbar(group["rows"], group["pass_ms_p50"], yerr=errors, marker="o", color=colour, capsize=3,
+                      label=dtype)
+        right.plot(group["rows"], group["gb_per_s"], marker="o", color=colour, label=dtype)
+    right.axhline(roof_bytes_per_s / 1e9, color="black", linestyle="--", linewidth=1,
+                  label=f"roof {roof_bytes_per_s / 1e9:.1f} GB/s")
+    rows = sorted(curve["rows"].unique())
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(rows, [str(r) for r in rows])
+        ax.set_xlabel("rows M (a decode step at batch M)")
+        ax.grid(True, which="both", alpha=0.2)
+        ax.legend(fontsize=8)
+    left.set_yscale("log")
+    left.set_ylabel("ms per pass over every weight matrix (median, 95% CI)")
+    right.set_ylabel("achieved GB/s (weight bytes read / time)")
+    right.set_ylim(bottom=0)
+    fig.suptitle(f"Linear-layer shape curve: F.linear over the model's {int(curve['matrices'].iloc[0])} weight matrices")
+    return save(fig, figures, f"{PHASE}_linear_shapes")
+
+
 def view(reports: Path, figures: Path) -> dict | None:
     """Everything the D2 section shows, or None when D2 has not been analysed in this reports/ directory."""
     data = reports / DATA
@@ -136,6 +166,8 @@ def view(reports: Path, figures: Path) -> dict | None:
                                 ascending=[True, False, True, True, True])
     headers, rows = breakdown_columns(breakdown) if not breakdown.empty else ([], [])
     d2_points = points[points["source"] == PHASE]
+    curve_path = data / "linear_shapes.csv"  # absent in runs analysed before the curve existed
+    curve = pd.read_csv(curve_path) if curve_path.exists() and curve_path.stat().st_size > 1 else pd.DataFrame()
     traces = sorted(({"batch_size": int(batch), "path": (TRACES / name).as_posix()}
                      for batch, name in meta["notes"]["traces"].items()), key=lambda trace: trace["batch_size"])
     return {
@@ -149,6 +181,8 @@ def view(reports: Path, figures: Path) -> dict | None:
         "figures": {
             "roofline": d2_roofline(points, findings, figures) if len(points) else None,
             "breakdown": d2_breakdown(breakdown, figures) if not breakdown.empty else None,
+            "linear_shapes": d2_linear_shapes(curve, findings["bandwidth_bytes_per_s"], figures)
+            if not curve.empty else None,
         },
         "traces": traces,
         "measurements": (DATA / "measurements.csv").as_posix(),
@@ -156,5 +190,6 @@ def view(reports: Path, figures: Path) -> dict | None:
         "roofline_csv": (DATA / "roofline.csv").as_posix(),
         "breakdown_csv": (DATA / "breakdown.csv").as_posix(),
         "ceilings_json": (DATA / "ceilings.json").as_posix(),
+        "linear_shapes_csv": (DATA / "linear_shapes.csv").as_posix(),
         "record": f"records/{PHASE}.txt",
     }

@@ -1,0 +1,112 @@
+"""D2's linear-layer shape curve, measured: the model's own weight matrices (every nn.Linear weight, lm_head
+included) timed as `F.linear` over all of them, at M = 1, 2, 4 … rows, in each configured dtype.
+
+One pass = one `F.linear(x, W)` per matrix, in model order, on an input of M rows; it reads every weight once, as a
+decode step at batch M does. Per dtype the weights are made once: the model's own tensors when they already have
+that dtype, else one converted copy. Each (dtype, rows) point warms up one pass, then repeats passes until the
+median is tight (measure.RepeatPolicy over `linear_repeats`). Rows: variant `linear_<dtype>`, metric
+`linear_pass_s` (seconds per pass), knobs rows, dtype, threads, work_bytes (weight bytes read per pass) and
+work_flops (2 x rows x the weights' elements per pass).
+
+`cpu_isa()` records which vector instructions the CPU offers for bfloat16 (from /proc/cpuinfo and torch's probes),
+so the analysis can say why bfloat16 is slow or fast here.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ...measure import OutOfMemoryGuard, RepeatPolicy, repeat_until_tight
+from ...timing import sync
+
+METRIC = "linear_pass_s"
+ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # the ones the verdict reads
+
+
+def linear_weights(model) -> list[torch.Tensor]:
+    """Every nn.Linear weight of `model` in module order (lm_head included, also when tied to the embedding)."""
+    return [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+
+
+def weights_in(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The weights in `dtype`: each tensor itself when it already is, else a converted copy (made once)."""
+    return [w.detach() if w.dtype == dtype else w.detach().to(dtype) for w in weights]
+
+
+def pass_work(weights: list[torch.Tensor], rows: int) -> dict:
+    """Bytes of weights read (bytes) and floating-point operations (FLOPs) of one pass at `rows` rows."""
+    elements = sum(w.numel() for w in weights)
+    return {"work_bytes": sum(w.numel() * w.element_size() for w in weights), "work_flops": 2 * rows * elements}
+
+
+def timed_pass(weights: list[torch.Tensor], inputs: dict, device: str) -> float:
+    """Seconds of one pass: F.linear of each weight on the input of its width, the device synchronised at the end."""
+    sync(device)
+    start = time.perf_counter()
+    for weight in weights:
+        F.linear(inputs[weight.shape[1]], weight)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def repeat_policy(settings: dict, cfg: dict) -> RepeatPolicy:
+    """The curve's repeats: the run-wide adaptive block, at most `linear_repeats` passes per point."""
+    return RepeatPolicy(settings, {"repeats": cfg["linear_repeats"], "warmup": 1})
+
+
+def measure(model, cfg: dict, settings: dict, device: str, threads: int, rows_out, desc: str = "d2 linear") -> list:
+    """Time the shape curve of `model` (cfg: linear_dtypes, linear_rows, linear_repeats) and add its rows to
+    `rows_out` (a metrics.Measurements); returns the (dtype, rows) points that ran out of memory. Nothing runs when
+    either list is empty."""
+    policy = repeat_policy(settings, cfg)
+    model_weights = linear_weights(model)
+    generator = torch.Generator().manual_seed(settings["seed"])
+    out_of_memory = []
+    for dtype_name in cfg["linear_dtypes"]:
+        dtype = getattr(torch, dtype_name)
+        with torch.inference_mode():
+            weights = weights_in(model_weights, dtype)
+            for rows in cfg["linear_rows"]:
+                knobs = {"rows": rows, "dtype": dtype_name, "threads": threads, **pass_work(weights, rows),
+                         "matrices": len(weights)}
+                with OutOfMemoryGuard(device) as oom:
+                    inputs = {width: torch.randn(rows, width, generator=generator).to(device=device, dtype=dtype)
+                              for width in {w.shape[1] for w in weights}}
+                    timed_pass(weights, inputs, device)  # warm-up: first-call costs, kernel choice
+
+                    def timed(repeat: int) -> dict:
+                        seconds = timed_pass(weights, inputs, device)
+                        rows_out.add(f"linear_{dtype_name}", repeat, METRIC, seconds, request_id=-1, **knobs)
+                        return {METRIC: seconds}
+
+                    repeat_until_tight(timed, policy, desc=f"{desc} {dtype_name} M={rows}")
+                if oom.hit:
+                    oom.record(rows_out, f"linear_{dtype_name}", **knobs)
+                    out_of_memory.append([dtype_name, rows])
+        del weights
+    return out_of_memory
+
+
+def cpu_isa() -> dict:
+    """What the CPU offers for bfloat16 matrix products: torch's cpu_capability (the vector ISA its kernels use),
+    the ISA_FLAGS present in /proc/cpuinfo (`cpu_flags`; None where the file cannot be read) and torch's own
+    probes (torch_avx512_bf16, torch_amx_tile; None where this torch has none)."""
+    flags = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    flags = [flag for flag in ISA_FLAGS if flag in present]
+                    break
+    except OSError:
+        pass
+
+    def probe(name: str):
+        check = getattr(torch.cpu, name, None)
+        return bool(check()) if check is not None else None
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": flags,
+            "torch_avx512_bf16": probe("_is_avx512_bf16_supported"), "torch_amx_tile": probe("_is_amx_tile_supported")}

@@ -1,0 +1,170 @@
+"""D2's linear-layer shape curve: the verdict keys from hand-made curves on three CPUs (AVX2 only, AMX, AVX-512 BF16),
+the table's columns and bytes from a real run on the tiny model, the chart, and the section's wording in both
+editions. No assertion on a measured time."""
+import pandas as pd
+import pytest
+import torch
+
+from profiling.config import check_config, phase_config
+from profiling.metrics import Measurements
+from profiling.phases.d2_bottlenecks import linear_shapes, shape_curve
+from profiling.phases.d2_bottlenecks.view import d2_linear_shapes
+from profiling.report.templating import environment
+
+ROOF = 40e9  # bytes/s
+WEIGHT_ELEMENTS = 134_000_000
+ROWS = [1, 2, 4, 8, 16]
+# ms per pass at M = 1, 2, 4, 8, 16 (the numbers seen on this project's machines)
+AMD_AVX2 = {"float32": [37, 76, 90, 110, 150], "bfloat16": [19, 30, 60, 115, 227]}
+INTEL_AMX = {"float32": [25.9, 27.8, 35, 45, 63.3], "bfloat16": [31, 31.2, 30.8, 31.5, 32]}
+ENVS = {
+    "avx2": {"device": "cpu", "cpu_capability": "AVX2", "cpu_flags": ["avx2"]},
+    "amx": {"device": "cpu", "cpu_capability": "AVX512", "cpu_flags": ["amx_bf16", "amx_tile", "avx512_bf16",
+                                                                         "avx512f", "avx2"]},
+    "avx512_bf16": {"device": "cpu", "cpu_capability": "AVX512", "cpu_flags": ["avx512_bf16", "avx512f", "avx2"]},
+}
+
+
+def curve_rows(times_ms: dict, repeats: int = 5) -> pd.DataFrame:
+    """Tidy rows as linear_shapes.measure writes them, each point's repeats spread ±1% around its time."""
+    rows = Measurements("d2_bottlenecks")
+    for dtype, times in times_ms.items():
+        size = 4 if dtype == "float32" else 2
+        for count, ms in zip(ROWS, times):
+            for repeat in range(repeats):
+                rows.add(f"linear_{dtype}", repeat, linear_shapes.METRIC, ms / 1e3 * (1 + 0.01 * (repeat - 2)),
+                         request_id=-1, rows=count, dtype=dtype, threads=2, work_bytes=WEIGHT_ELEMENTS * size,
+                         work_flops=2 * count * WEIGHT_ELEMENTS, matrices=211)
+    return rows.frame()
+
+
+def verdict(times_ms: dict, env: dict) -> dict:
+    measurements = curve_rows(times_ms)
+    table = shape_curve.curve_table(measurements, ROOF, {"max_repeats": 7, "ci_half_width": 0.05})
+    return shape_curve.curve_findings(table, measurements, env, 1.5)
+
+
+# ---- the verdict ----------------------------------------------------------------------------------------------------
+def test_avx2_only_machine_emulates_bfloat16_and_jumps_at_two_rows_in_float32():
+    found = verdict(AMD_AVX2, ENVS["avx2"])
+    assert found["bf16_path"] == "emulated" and found["vector_isa"] == "avx2"
+    assert found["float32_jump"] == "gemv_to_gemm"
+    fp32, bf16 = found["shapes"]["float32"], found["shapes"]["bfloat16"]
+    assert fp32["jump_rows"] == 2 and fp32["jump_step"] == pytest.approx(76 / 37, rel=0.02)
+    assert fp32["per_row_stops_falling_at"] == 2  # 37 ms per row at M=1, 38 at M=2
+    assert fp32["ratio_2_1"] == pytest.approx(76 / 37, rel=0.02)
+    assert fp32["ratio_2_1_low"] <= fp32["ratio_2_1"] <= fp32["ratio_2_1_high"]
+    assert bf16["scaling"] == "linear" and bf16["growth"] == pytest.approx(227 / 19, rel=0.02)
+    versus = found["bf16_vs_float32"]
+    assert (versus["rows_min"], versus["at_min"]) == (1, "faster")
+    assert (versus["rows_max"], versus["at_max"]) == (16, "slower")
+
+
+def test_amx_machine_keeps_bfloat16_flat_and_float32_has_no_jump():
+    found = verdict(INTEL_AMX, ENVS["amx"])
+    assert found["bf16_path"] == "amx" and found["vector_isa"] == "avx512f"
+    assert found["float32_jump"] == "none" and found["shapes"]["float32"]["jump_rows"] is None
+    assert found["shapes"]["float32"]["scaling"] == "grows"  # 2.4x over 16x the rows
+    assert found["shapes"]["bfloat16"]["scaling"] == "flat"
+    assert found["shapes"]["float32"]["per_row_stops_falling_at"] is None  # falls all the way to 16 rows
+
+
+def test_avx512_bf16_machine_and_the_other_paths():
+    assert verdict(INTEL_AMX, ENVS["avx512_bf16"])["bf16_path"] == "avx512_bf16"
+    assert shape_curve.bf16_path({"device": "cuda", "cpu_flags": ["avx2"]}) == "cuda"
+    assert shape_curve.bf16_path({"device": "cpu", "cpu_capability": "AVX512"}) == "emulated"  # no flags recorded
+    assert shape_curve.bf16_path({"device": "cpu", "cpu_flags": None, "torch_amx_tile": True}) == "amx"
+    assert shape_curve.bf16_path({}) == "unknown"
+
+
+def test_a_jump_after_two_rows_is_later_and_a_late_jump_is_found():
+    times = {"float32": [30, 33, 36, 80, 90]}
+    found = verdict(times, ENVS["avx2"])
+    assert found["float32_jump"] == "later" and found["shapes"]["float32"]["jump_rows"] == 8
+    assert found["bf16_vs_float32"] is None
+
+
+def test_table_rates_follow_the_medians():
+    table = shape_curve.curve_table(curve_rows(AMD_AVX2), ROOF, None).set_index(["dtype", "rows"])
+    row = table.loc[("bfloat16", 16)]
+    assert row["pass_ms_p50"] == pytest.approx(227)
+    assert row["gb_per_s"] == pytest.approx(WEIGHT_ELEMENTS * 2 / 0.227 / 1e9)
+    assert row["roof_share"] == pytest.approx(WEIGHT_ELEMENTS * 2 / 0.227 / ROOF)
+    assert row["gflop_per_s"] == pytest.approx(2 * 16 * WEIGHT_ELEMENTS / 0.227 / 1e9)
+    assert row["per_row_ms"] == pytest.approx(227 / 16)
+    assert row["pass_ms_ci95_low"] <= row["pass_ms_p50"] <= row["pass_ms_ci95_high"] and row["n"] == 5
+    assert list(table.reset_index()["dtype"].unique()) == ["float32", "bfloat16"]
+
+
+# ---- a real run on the tiny model -------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_curve(tiny):
+    model, _ = tiny
+    config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1,
+                           "d2_bottlenecks": {"linear_rows": [1, 2, 4], "linear_repeats": 2}})
+    settings = phase_config(config, "d2_bottlenecks")
+    rows = Measurements("d2_bottlenecks")
+    out_of_memory = linear_shapes.measure(model, settings["d2_bottlenecks"], settings, "cpu", 1, rows)
+    return model, settings, rows.frame(), out_of_memory
+
+
+def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tiny_curve):
+    model, settings, measurements, out_of_memory = tiny_curve
+    assert out_of_memory == []
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    table = shape_curve.curve_table(measurements, ROOF, {"max_repeats": 2, "ci_half_width": 0.05})
+    assert list(table.columns) == shape_curve.COLUMNS
+    assert set(zip(table["dtype"], table["rows"])) == {(d, r) for d in ("float32", "bfloat16") for r in (1, 2, 4)}
+    assert (table["matrices"] == len(linears)).all() and (table["n"] >= 1).all()
+    elements = sum(m.weight.numel() for m in linears)
+    by_dtype = table.groupby("dtype")["weight_bytes"].first()
+    assert by_dtype["float32"] == 4 * elements and by_dtype["bfloat16"] == 2 * elements
+    assert ((table["gb_per_s"] > 0) & (table["roof_share"] > 0) & (table["gflop_per_s"] > 0)).all()
+    assert next(model.parameters()).dtype == torch.float32  # the bfloat16 copy left the model as it was
+    found = shape_curve.curve_findings(table, measurements, {"device": "cpu", **linear_shapes.cpu_isa()}, 1.5)
+    assert found["bf16_path"] in {"amx", "avx512_bf16", "emulated"} and found["dtypes"] == ["float32", "bfloat16"]
+
+
+def test_no_rows_means_no_curve(tiny):
+    model, _ = tiny
+    config = check_config({"model": "tiny-random", "device": "cpu", "d2_bottlenecks": {"linear_rows": []}})
+    settings = phase_config(config, "d2_bottlenecks")
+    rows = Measurements("d2_bottlenecks")
+    rows.add("ceilings", 0, "tiny_op_s", 1.0)
+    linear_shapes.measure(model, settings["d2_bottlenecks"], settings, "cpu", 1, rows)
+    table = shape_curve.curve_table(rows.frame(), ROOF, None)
+    assert table.empty and shape_curve.curve_findings(table, rows.frame(), {}, 1.5) is None
+
+
+# ---- the chart and the words ----------------------------------------------------------------------------------------
+def test_the_chart_renders(tmp_path):
+    table = shape_curve.curve_table(curve_rows(AMD_AVX2), ROOF, None)
+    name = d2_linear_shapes(table, ROOF, tmp_path)
+    assert name == "d2_bottlenecks_linear_shapes.png"
+    assert (tmp_path / name).stat().st_size > 1000 and (tmp_path / "d2_bottlenecks_linear_shapes.svg").exists()
+
+
+def render(found: dict | None, language: str) -> str:
+    section = {"findings": {"linear_shapes": found, "bandwidth_source": "memory_read", "bandwidth_bytes_per_s": ROOF},
+               "meta": {"config": {"d2_bottlenecks": {"linear_repeats": 7}}, "env": {"torch_threads": 2}},
+               "figures": {"linear_shapes": "d2_bottlenecks_linear_shapes.png"},
+               "linear_shapes_csv": "data/d2_bottlenecks/linear_shapes.csv"}
+    return environment(language).get_template("d2_bottlenecks/shape_curve.md.j2").render(section=section)
+
+
+@pytest.mark.parametrize("language, words", [
+    ("en", {"emulated": "neither AMX tiles nor AVX-512 BF16 (AVX2 only)", "amx": "AMX tiles",
+            "gemv_to_gemm": "matrix-matrix product (GEMM)", "none": "No jump"}),
+    ("zh", {"emulated": "既没有 AMX 矩阵单元，也没有 AVX-512 BF16（只有 AVX2）", "amx": "AMX 矩阵单元",
+            "gemv_to_gemm": "矩阵-矩阵乘（GEMM）", "none": "没有跳变"}),
+])
+def test_the_section_words_each_verdict_in_both_editions(language, words):
+    avx2 = render(verdict(AMD_AVX2, ENVS["avx2"]), language)
+    amx = render(verdict(INTEL_AMX, ENVS["amx"]), language)
+    for text in (avx2, amx):
+        assert '<a id="d2_bottlenecks_shape_curve"></a>' in text
+        assert "n/a" not in text and "figures/d2_bottlenecks_linear_shapes.png" in text
+        assert "| bfloat16 | 16 | **" in text
+    assert words["emulated"] in avx2 and words["gemv_to_gemm"] in avx2 and words["none"] not in avx2
+    assert words["amx"] in amx and words["none"] in amx and words["gemv_to_gemm"] not in amx
+    assert "d2_bottlenecks_shape_curve" in render(None, language)  # the anchor stays for links when not measured
