@@ -168,3 +168,63 @@ def test_the_section_words_each_verdict_in_both_editions(language, words):
     assert words["emulated"] in avx2 and words["gemv_to_gemm"] in avx2 and words["none"] not in avx2
     assert words["amx"] in amx and words["none"] in amx and words["gemv_to_gemm"] not in amx
     assert "d2_bottlenecks_shape_curve" in render(None, language)  # the anchor stays for links when not measured
+
+
+# ---- D3 links to the curve where its decode step jumps ----------------------------------------------------------
+def d3_table(steps: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"batch_size": batch, "status": "ok", "decode_step_p50_s": seconds}
+                         for batch, seconds in steps.items()])
+
+
+def test_d3_names_a_step_jump_from_batch_one():
+    from profiling.phases.d3_batching.analysis import step_jump
+
+    jump = step_jump(d3_table({1: 0.040, 4: 0.080, 8: 0.090}))
+    assert jump == {"from_batch": 1, "to_batch": 4, "step_ratio": pytest.approx(2.0), "verdict": "jumps"}
+    assert step_jump(d3_table({1: 0.040, 2: 0.044}))["verdict"] == "steady"
+    assert step_jump(d3_table({2: 0.040, 4: 0.090})) is None  # no batch 1
+    assert step_jump(d3_table({1: 0.040})) is None
+
+
+@pytest.fixture(scope="module")
+def d3_section(tmp_path_factory):
+    """A seconds-long D3 batching run on the tiny model, analysed and viewed as the report does."""
+    import os
+
+    from profiling.model import provision
+    from profiling.phases.d3_batching import analysis as d3_analysis, experiment as d3_experiment, view as d3_view
+
+    root = tmp_path_factory.mktemp("d3_link")
+    provision("tiny-random", root / "resources" / "models" / "tiny-random")
+    config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1, "d3_batching": {
+        "prompts": ["hello there", "a short question"], "batch_sizes": [1, 2], "max_new_tokens": 3, "warmup": 0,
+        "repeats": 1, "trace_decode_steps": 1, "compare_batch_sizes": [1, 2], "telemetry_hz": 20,
+        "dynamic": {"max_new_tokens": 2, "requests": 2, "rate_req_per_s": 200.0, "wait_windows_ms": [0],
+                    "max_batches": [1], "operating_window_ms": 0, "operating_max_batch": 1, "rates_req_per_s": [],
+                    "burst_requests": 2}}})
+    settings = phase_config(config, "d3_batching")
+    data = root / "reports" / "data" / "d3_batching"
+    names = ["measurements.csv", "meta.json", "timeline.csv", "telemetry.csv"]
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        d3_experiment.run(settings, *(data / name for name in names), [data / "b1.json.gz", data / "b2.json.gz"])
+    finally:
+        os.chdir(previous)
+    d3_analysis.analyze(settings, data / "measurements.csv", data / "timeline.csv", data / "telemetry.csv",
+                        data / "summary.csv", data / "batch_table.csv", data / "dynamic_table.csv",
+                        data / "findings.json")
+    return d3_view.view(root / "reports", root / "reports" / "figures")
+
+
+@pytest.mark.parametrize("language, words", [("en", "D2's linear-layer shape curve"), ("zh", "D2 的线性层形状曲线")])
+def test_d3_links_to_the_shape_curve_only_where_its_step_jumps(d3_section, language, words):
+    env = d3_section["meta"]["env"]  # the run's env record, as env.json holds it
+    template = environment(language).get_template("d3_batching/section.md.j2")
+    link = f"[{words}](#d2_bottlenecks_shape_curve)"
+    jumps = {**d3_section["findings"], "step_jump": {"from_batch": 1, "to_batch": 2, "step_ratio": 2.05,
+                                                     "verdict": "jumps"}}
+    text = template.render(section={**d3_section, "findings": jumps}, env=env)
+    assert link in text and "2.05×" in text
+    steady = {**d3_section["findings"], "step_jump": {**jumps["step_jump"], "step_ratio": 1.1, "verdict": "steady"}}
+    assert link not in template.render(section={**d3_section, "findings": steady}, env=env)

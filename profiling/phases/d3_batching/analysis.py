@@ -31,6 +31,7 @@ PADDING_SMALL = 0.2  # a padding share below this is "a small waste" (prompts of
 UTILISATION_RISE = 0.1  # utilisation rising by more than this share (absolute) means batching put idle time to work
 WINDOW_BATCH_CHANGE = 0.05  # the mean batch "changed" when it moved by more than this share of its value
 WINDOW_LATENCY_CHANGE = 0.05  # p95 e2e "changed" when it moved by more than this share of its value
+STEP_JUMP = 1.5  # a decode step at the next batch size this many times the batch-1 step is a jump (D2's shape curve)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -307,6 +308,20 @@ def static_verdicts(table: pd.DataFrame) -> dict:
             "top_token_s": float(top["decode_step_p50_s"] / top["batch_size"])}
 
 
+def step_jump(table: pd.DataFrame) -> dict | None:
+    """Whether the decode step jumps from batch 1 to the next batch size that ran: from_batch (1), to_batch,
+    step_ratio (median decode step there / at batch 1) and verdict "jumps" (step_ratio >= STEP_JUMP: the weights,
+    read once for every row, should cost about the same, so the linear layers' kernels changed) or "steady";
+    None without batch 1 and a larger batch."""
+    ok = table[table["status"] == "ok"] if len(table) else table
+    if len(ok) < 2 or int(ok.iloc[0]["batch_size"]) != 1:
+        return None
+    base, after = ok.iloc[0], ok.iloc[1]
+    ratio = float(after["decode_step_p50_s"] / base["decode_step_p50_s"])
+    return {"from_batch": 1, "to_batch": int(after["batch_size"]), "step_ratio": ratio,
+            "verdict": "jumps" if ratio >= STEP_JUMP else "steady"}
+
+
 def queue_verdict(baseline: pd.Series | None, operating: pd.Series | None) -> str | None:
     """queue_hides_latency when no batching waits longer in the queue (p95) than the batcher, else not_shortened;
     None when there is no distinct baseline."""
@@ -373,6 +388,7 @@ def findings(measurements: pd.DataFrame, batches: pd.DataFrame, dynamic: pd.Data
         "baseline": None if baseline is None else baseline.to_dict(),
         "window_tradeoff": window_tradeoff(dynamic),
         "static_verdicts": static_verdicts(batches),
+        "step_jump": step_jump(batches),
         # joules per output token at the largest static batch that ran, or the meter that is missing
         "energy": {**energy_per_token(static[static["variant"] == f"static_b{int(ok.iloc[-1]['batch_size'])}"]
                                       if len(ok) else static.iloc[:0], meter or {}),
