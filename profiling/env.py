@@ -92,6 +92,7 @@ def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dic
         "model": model,
         "device": precision.device,
         "dtype": precision.dtype,
+        "cpu_linears": precision.linears if precision.device == "cpu" else None,  # prepacked (oneDNN) | aten
         "git_commit": git_commit(),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
