@@ -125,6 +125,17 @@ def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tin
     assert found["bf16_path"] in {"amx", "avx512_bf16", "emulated"} and found["dtypes"] == ["float32", "bfloat16"]
 
 
+def test_prepacked_linears_are_timed_on_their_weights():
+    from profiling.model import build_tiny_model
+    from profiling.prepack import available, prepack_linears
+
+    model, _ = build_tiny_model(seed=0)
+    plain = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if available():
+        assert prepack_linears(model) == len(plain)
+    assert [w.data_ptr() for w in linear_shapes.linear_weights(model)] == [w.data_ptr() for w in plain]
+
+
 def test_no_rows_means_no_curve(tiny):
     model, _ = tiny
     config = check_config({"model": "tiny-random", "device": "cpu", "d2_bottlenecks": {"linear_rows": []}})

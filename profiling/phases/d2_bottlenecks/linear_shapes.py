@@ -1,5 +1,6 @@
-"""D2's linear-layer shape curve, measured: the model's own weight matrices (every nn.Linear weight, lm_head
-included) timed as `F.linear` over all of them, at M = 1, 2, 4 … rows, in each configured dtype.
+"""D2's linear-layer shape curve, measured: the model's own weight matrices (every linear layer's weight, lm_head
+included; nn.Linear or prepacked at load) timed as torch's `F.linear` (the unpacked path) over all of them, at
+M = 1, 2, 4 … rows, in each configured dtype.
 
 One pass = one `F.linear(x, W)` per matrix, in model order, on an input of M rows; it reads every weight once, as a
 decode step at batch M does. Per dtype the weights are made once: the model's own tensors when they already have
@@ -19,15 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from ...measure import OutOfMemoryGuard, RepeatPolicy, repeat_until_tight
+from ...prepack import PrepackedLinear
 from ...timing import sync
 
 METRIC = "linear_pass_s"
 ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # the ones the verdict reads
 
 
+LINEARS = (torch.nn.Linear, PrepackedLinear)  # a CPU model's linears are prepacked at load (prepack.py)
+
+
 def linear_weights(model) -> list[torch.Tensor]:
-    """Every nn.Linear weight of `model` in module order (lm_head included, also when tied to the embedding)."""
-    return [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    """Every linear layer's weight of `model` in module order (lm_head included, also when tied to the embedding),
+    whether the layer is an nn.Linear or was prepacked at load: the curve times F.linear on the plain weights."""
+    return [module.weight for module in model.modules() if isinstance(module, LINEARS)]
 
 
 def weights_in(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -62,6 +68,8 @@ def measure(model, cfg: dict, settings: dict, device: str, threads: int, rows_ou
     either list is empty."""
     policy = repeat_policy(settings, cfg)
     model_weights = linear_weights(model)
+    if not model_weights and cfg["linear_rows"] and cfg["linear_dtypes"]:
+        raise ValueError(f"no linear layer ({', '.join(t.__name__ for t in LINEARS)}) found in the model")
     generator = torch.Generator().manual_seed(settings["seed"])
     out_of_memory = []
     for dtype_name in cfg["linear_dtypes"]:
