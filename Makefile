@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run quick test clean reference compare serve
+.PHONY: setup run quick test clean reference reference-llama-cpp compare serve
 
 setup: $(STAMP)
 
@@ -55,3 +55,22 @@ reference:
 	    .venv-reference/bin/python -c "import $$m" >/dev/null 2>&1 || .venv-reference/bin/python -m pip uninstall -y -q $$m; \
 	  done; fi
 	.venv-reference/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'ready in .venv-reference')"
+	@$(MAKE) --no-print-directory reference-llama-cpp
+
+# llama.cpp (llama-cpp-python, built from source) as D5's fastest-CPU-kernel yardstick, in the same venv. On Intel
+# CPUs with AMX the native build segfaults repacking quantised weights for AMX, so there it is built for AVX-512
+# without AMX; elsewhere natively. The build used is written to .venv-reference/llama_cpp_build.txt.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CPP_NO_AMX := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+reference-llama-cpp:
+	@if [ ! -x .venv-reference/bin/python ]; then $(PYTHON) -m venv .venv-reference; fi
+	@if .venv-reference/bin/python -c "import llama_cpp" 2>/dev/null && [ -f .venv-reference/llama_cpp_build.txt ]; then \
+	  echo "llama.cpp already in .venv-reference ($$(cat .venv-reference/llama_cpp_build.txt))"; \
+	else if grep -qw 'amx_tile\|amx_int8\|amx_bf16' /proc/cpuinfo 2>/dev/null; then \
+	    build="avx512-no-amx"; args="$(LLAMA_CPP_NO_AMX)"; else build="native"; args=""; fi; \
+	  echo "building $(LLAMA_CPP) into .venv-reference ($$build build; a few minutes)"; \
+	  CMAKE_ARGS="$$args" .venv-reference/bin/python -m pip install --no-cache-dir --force-reinstall --no-deps \
+	    "$(LLAMA_CPP)" || exit 1; \
+	  .venv-reference/bin/python -m pip install -q "numpy" "typing-extensions" "diskcache" "jinja2" || exit 1; \
+	  echo "$$build $(LLAMA_CPP) CMAKE_ARGS=$$args" > .venv-reference/llama_cpp_build.txt; fi
+	.venv-reference/bin/python -c "import llama_cpp; print('llama.cpp (llama-cpp-python', llama_cpp.__version__ + ') ready in .venv-reference')"
