@@ -26,6 +26,7 @@ from pathlib import Path
 REFERENCE_VENV = Path(".venv-reference")
 ENABLE_HINT = "run `make reference` to enable it"
 OFFLINE_SCRIPT = Path(__file__).with_name("vllm_offline.py")
+LLAMA_CPP_SCRIPT = Path(__file__).with_name("llama_cpp_bench.py")
 
 
 class ReferenceServerError(RuntimeError):
@@ -190,9 +191,10 @@ def reference_server(model_dir, settings: ReferenceSettings | None = None):
 
 
 def run_offline(model_dir, prompt_ids: list[list[int]], batch_sizes=(1, 8, 16), output_tokens: int = 64,
-                settings: ReferenceSettings | None = None, timeout_s: float = 600.0) -> dict:
-    """vLLM's offline `LLM.generate` on the given prompts at each batch size (fixed output length), through
-    vllm_offline.py under the reference interpreter. Returns its JSON (tok/s per batch size, vLLM version)."""
+                settings: ReferenceSettings | None = None, repeats: int = 3, timeout_s: float = 600.0) -> dict:
+    """vLLM's offline `LLM.generate` on the given prompts at each batch size (fixed output length), in the mode
+    `settings.enforce_eager` names, through vllm_offline.py under the reference interpreter. Returns its JSON
+    (start-up, prefill and decode seconds per batch size, vLLM version)."""
     settings = settings or ReferenceSettings()
     with tempfile.TemporaryDirectory(prefix="vllm-offline-") as folder:
         prompts_path, out_path = Path(folder) / "prompt_ids.json", Path(folder) / "result.json"
@@ -200,6 +202,7 @@ def run_offline(model_dir, prompt_ids: list[list[int]], batch_sizes=(1, 8, 16), 
         command = [str(reference_python(settings)), str(OFFLINE_SCRIPT), "--model", str(model_dir),
                    "--prompt-ids", str(prompts_path), "--out", str(out_path),
                    "--batch-sizes", ",".join(map(str, batch_sizes)), "--output-tokens", str(output_tokens),
+                   "--repeats", str(repeats),
                    "--dtype", settings.dtype, "--max-model-len", str(settings.max_model_len),
                    "--gpu-memory-utilization", str(settings.gpu_memory_utilization), "--seed", str(settings.seed),
                    *(["--enforce-eager"] if settings.enforce_eager else [])]
@@ -207,6 +210,44 @@ def run_offline(model_dir, prompt_ids: list[list[int]], batch_sizes=(1, 8, 16), 
         if done.returncode != 0 or not out_path.exists():
             tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
             raise ReferenceServerError(f"vLLM offline run failed (exit {done.returncode}):\n{tail}")
+        return json.loads(out_path.read_text())
+
+
+# ---- llama.cpp (llama-cpp-python in the same environment) --------------------------------------------------------
+def llama_cpp_available(settings: ReferenceSettings | None = None, timeout_s: float = 60.0) -> tuple[bool, str]:
+    """(True, "llama-cpp-python <version>") when the reference environment imports llama_cpp, else (False, a
+    one-line reason)."""
+    python = reference_python(settings)
+    if not python.exists():
+        return False, f"llama.cpp not installed ({python.parent.parent} is missing): {ENABLE_HINT}"
+    try:
+        done = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                              capture_output=True, text=True, timeout=timeout_s, env=_clean_env({}))
+    except (subprocess.TimeoutExpired, OSError) as error:
+        return False, f"llama.cpp unusable ({error}); {ENABLE_HINT}"
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return False, f"`import llama_cpp` failed in {python.parent.parent} ({tail}); {ENABLE_HINT}"
+    return True, f"llama-cpp-python {done.stdout.strip().splitlines()[-1]}"
+
+
+def run_llama_cpp(gguf, prompt_ids: list[int], cache_dir, batch_sizes=(1, 8, 16), output_tokens: int = 64,
+                  threads: int = 2, repeats: int = 3, quants=("q4_1", "q8_0", "f32"),
+                  settings: ReferenceSettings | None = None, timeout_s: float = 900.0) -> dict:
+    """llama.cpp on `gguf` requantised to each of `quants` (cached in `cache_dir`), greedy decode at each batch
+    size, through llama_cpp_bench.py under the reference interpreter. Returns its JSON (see that script)."""
+    settings = settings or ReferenceSettings()
+    with tempfile.TemporaryDirectory(prefix="llama-cpp-") as folder:
+        prompt_path, out_path = Path(folder) / "prompt_ids.json", Path(folder) / "result.json"
+        prompt_path.write_text(json.dumps(list(prompt_ids)))
+        command = [str(reference_python(settings)), str(LLAMA_CPP_SCRIPT), "--gguf", str(gguf),
+                   "--prompt-ids", str(prompt_path), "--out", str(out_path), "--cache-dir", str(cache_dir),
+                   "--batch-sizes", ",".join(map(str, batch_sizes)), "--output-tokens", str(output_tokens),
+                   "--threads", str(threads), "--repeats", str(repeats), "--quants", ",".join(quants)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_clean_env({}))
+        if done.returncode != 0 or not out_path.exists():
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
+            raise ReferenceServerError(f"llama.cpp run failed (exit {done.returncode}):\n{tail}")
         return json.loads(out_path.read_text())
 
 
