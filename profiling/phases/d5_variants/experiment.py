@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -208,10 +209,15 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
             kv = kv_bytes_per_step(variant.model.config, variant.spec, batch, prompt_tokens, cfg["max_new_tokens"])
             rows.add(name, 0, "step_kv_bytes", kv, request_id=RUN_ROW, batch_size=batch)
         if batch == cfg["batch_sizes"][0]:
+            first_tokens_b1 = first_tokens
             outputs = {name: tokenizer.decode(tokens[0], skip_special_tokens=True)
                        for name, tokens in first_tokens.items()}
 
-    vllm = vllm_offline(settings, cfg, tokenizer, text, rows)
+    # the peers get the same prompt ids (one copy per sequence) and are checked against the reference's tokens
+    ids = [int(token) for token in inputs[cfg["batch_sizes"][0]][0][0]]
+    reference_tokens = [int(token) for token in first_tokens_b1[V.REFERENCE][0]]
+    vllm = vllm_offline(settings, cfg, ids, rows, reference_tokens, built[V.REFERENCE].weight_bytes)
+    llama_cpp = llama_cpp_yardstick(settings, cfg, ids, rows, reference_tokens)
 
     with staged(measurements_path, meta_path, *trace_paths) as (measurements_tmp, meta_tmp, *trace_tmps):
         trace_tmp_of = dict(zip(cfg["variants"], trace_tmps))
@@ -241,6 +247,7 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
             "energy_unavailable_reason": energy.reason,
             "energy": energy.note(),
             "vllm_offline": vllm,
+            "llama_cpp": llama_cpp,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cuda_capability": list(torch.cuda.get_device_capability()) if device.startswith("cuda") else None,
             "bytes_note": "step_weight_bytes: weights read per decode step in the variant's own storage (int8 = "
@@ -248,30 +255,142 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
         })
 
 
-def vllm_offline(settings: dict, cfg: dict, tokenizer, text: str, rows: Measurements) -> dict:
-    """vLLM's offline `LLM.generate` on the same request at every batch size (rows of variant `vllm_offline`),
-    when .venv-reference exists; otherwise (or when it fails) a note, never an error."""
+# ---- the yardsticks from .venv-reference: vLLM and llama.cpp ------------------------------------------------------
+VLLM = "vllm_offline"  # variant of vLLM's rows (knob `mode`: compiled | eager)
+LLAMA_CPP = "llama.cpp"  # variant of llama.cpp's rows (knob `quant`: q4_1 | q8_0 | f32)
+LLAMA_CPP_CACHE = Path("resources") / "llama_cpp"  # requantised GGUFs (git-ignored), one per source file and type
+
+
+def token_match(tokens: list[int], reference_tokens: list[int]) -> float:
+    """Share of positions where `tokens` equal the reference's greedy tokens, over the shorter of the two."""
+    length = min(len(tokens), len(reference_tokens))
+    return sum(a == b for a, b in zip(tokens[:length], reference_tokens[:length])) / length if length else float("nan")
+
+
+def record_vllm(result: dict, rows: Measurements, prompt_tokens: int, reference_tokens: list[int],
+                weight_bytes: float) -> None:
+    """Rows of one vLLM mode's run (vllm_offline.py's JSON): per batch size and repeat prefill_s, e2e_s,
+    decode_step_s (one decode step of all B sequences), output_tok_per_s; once startup_s and warmup_s; at the
+    smallest batch token_match_ratio against our reference's greedy tokens; step_weight_bytes."""
+    mode = result["mode"]
+    constants = {"mode": mode, "batch_size": None}
+    rows.add(VLLM, 0, "startup_s", result["startup_s"], request_id=RUN_ROW, **constants)
+    rows.add(VLLM, 0, "warmup_s", result["warmup_s"], request_id=RUN_ROW, **constants)
+    rows.add(VLLM, 0, "step_weight_bytes", weight_bytes, request_id=RUN_ROW, **constants)
+    for entry in result["results"]:
+        knobs = {"mode": mode, "batch_size": entry["batch_size"], "prompt_tokens": prompt_tokens,
+                 "max_new_tokens": result["output_tokens"], "traced": 0}
+        for repeat, timed in enumerate(entry["repeats"]):
+            for metric in ("prefill_s", "e2e_s", "decode_step_s", "output_tok_per_s"):
+                rows.add(VLLM, repeat, metric, timed[metric], request_id=RUN_ROW, **knobs)
+    smallest = min(result["results"], key=lambda entry: entry["batch_size"])
+    rows.add(VLLM, 0, "token_match_ratio", token_match(smallest["tokens"], reference_tokens), request_id=RUN_ROW,
+             mode=mode, batch_size=smallest["batch_size"])
+
+
+def vllm_offline(settings: dict, cfg: dict, ids: list[int], rows: Measurements, reference_tokens: list[int],
+                 reference_weight_bytes: float) -> dict:
+    """vLLM's offline `LLM.generate` on the same request at every batch size, once per configured mode (compiled:
+    its default with torch.compile; eager), when .venv-reference has vLLM; otherwise (or when a mode fails) a
+    note, never an error. Returns meta's entry: version, and per mode measured or its note."""
     from ...model import local_model_dir
     from ...serving.bench import reference
 
+    peer = cfg.get("reference") or {}
+    if not peer.get("enabled"):
+        return {"measured": False, "note": "disabled in the config"}
+    if not peer.get("vllm_modes"):
+        return {"measured": False, "note": "no mode in d5_variants.reference.vllm_modes"}
     available, why = reference.reference_available()
-    if not (available and cfg["reference"]["enabled"]):
-        return {"measured": False, "note": why if not available else "disabled in the config"}
+    if not available:
+        return {"measured": False, "note": why}
     model_dir = local_model_dir(settings["model"])
     if model_dir is None:
         return {"measured": False, "note": f"no local directory of {settings['model']} for vLLM to load"}
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ref = reference.ReferenceSettings(dtype=settings["dtype"], enforce_eager=cfg["reference"]["enforce_eager"])
+    # vLLM loads the same safetensors in the run's dtype: the reference's float32 bytes, scaled to that dtype
+    weight_bytes = reference_weight_bytes * torch.tensor([], dtype=getattr(torch, settings["dtype"])).element_size() / 4
+    modes = {}
+    for mode in tqdm(peer["vllm_modes"], desc="d5 vLLM", unit="mode"):
+        ref = reference.ReferenceSettings(dtype=settings["dtype"], enforce_eager=mode == "eager",
+                                          omp_threads_bind=f"0-{torch.get_num_threads() - 1}")
+        try:
+            result = reference.run_offline(model_dir, [ids], cfg["batch_sizes"], peer["output_tokens"], ref,
+                                           repeats=peer["repeats"])
+        except (reference.ReferenceServerError, OSError, subprocess.SubprocessError) as error:
+            modes[mode] = {"measured": False, "note": f"vLLM's offline run ({mode}) failed: {str(error)[-800:]}"}
+            continue
+        record_vllm(result, rows, len(ids), reference_tokens, weight_bytes)
+        modes[mode] = {"measured": True, "startup_s": result["startup_s"]}
+        version = result["vllm_version"]
+    if not any(entry["measured"] for entry in modes.values()):
+        return {"measured": False, "note": "; ".join(entry["note"] for entry in modes.values()), "modes": modes}
+    return {"measured": True, "version": version, "modes": modes, "output_tokens": peer["output_tokens"],
+            "threads": torch.get_num_threads(), "weight_bytes_note": "the reference's weights in the run's dtype"}
+
+
+def record_llama_cpp(result: dict, rows: Measurements, reference_tokens: list[int]) -> None:
+    """Rows of llama_cpp_bench.py's JSON: per quant type, batch size and repeat every decode_step_s (one step of
+    all B sequences, with its `step`), prefill_s and output_tok_per_s (B x tokens / (prefill + steps)); once per
+    quant type load_model_s, quantize_s, step_weight_bytes; at the smallest batch token_match_ratio against our
+    reference's greedy tokens."""
+    for model in result["models"]:
+        constants = {"quant": model["quant"], "batch_size": None}
+        rows.add(LLAMA_CPP, 0, "load_model_s", model["load_s"], request_id=RUN_ROW, **constants)
+        rows.add(LLAMA_CPP, 0, "quantize_s", model["quantize_s"], request_id=RUN_ROW, **constants)
+        rows.add(LLAMA_CPP, 0, "step_weight_bytes", model["step_weight_bytes"], request_id=RUN_ROW, **constants)
+        for entry in model["results"]:
+            knobs = {"quant": model["quant"], "batch_size": entry["batch_size"],
+                     "prompt_tokens": result["prompt_tokens"], "max_new_tokens": result["output_tokens"],
+                     "traced": 0, "threads": result["threads"]}
+            for repeat, timed in enumerate(entry["repeats"]):
+                rows.add(LLAMA_CPP, repeat, "prefill_s", timed["prefill_s"], request_id=RUN_ROW, **knobs)
+                for step, seconds in enumerate(timed["decode_step_s"], start=1):
+                    rows.add(LLAMA_CPP, repeat, "decode_step_s", seconds, request_id=RUN_ROW, step=step, **knobs)
+                e2e = timed["prefill_s"] + sum(timed["decode_step_s"])
+                rows.add(LLAMA_CPP, repeat, "output_tok_per_s", entry["batch_size"] * len(timed["tokens"]) / e2e,
+                         request_id=RUN_ROW, **knobs)
+        smallest = min(model["results"], key=lambda entry: entry["batch_size"])
+        rows.add(LLAMA_CPP, 0, "token_match_ratio", token_match(smallest["repeats"][0]["tokens"], reference_tokens),
+                 request_id=RUN_ROW, quant=model["quant"], batch_size=smallest["batch_size"])
+
+
+def llama_cpp_yardstick(settings: dict, cfg: dict, ids: list[int], rows: Measurements,
+                        reference_tokens: list[int]) -> dict:
+    """llama.cpp on the GGUF the model package ships, requantised by llama.cpp to each configured type, the same
+    request's token ids at every batch size and the run's threads, when .venv-reference has llama-cpp-python;
+    otherwise (or when it fails) a note, never an error. Returns meta's entry."""
+    from ...config import EMBEDDED_MODEL
+    from ...model import find_smollm2_gguf
+    from ...serving.bench import reference
+
+    peer = cfg.get("reference") or {}
+    if not peer.get("enabled"):
+        return {"measured": False, "note": "disabled in the config"}
+    if not peer.get("llama_cpp_quants"):
+        return {"measured": False, "note": "no type in d5_variants.reference.llama_cpp_quants"}
+    if settings["model"] != EMBEDDED_MODEL:
+        return {"measured": False, "note": f"llama.cpp needs a GGUF; only {EMBEDDED_MODEL} ships one"}
+    available, why = reference.llama_cpp_available()
+    if not available:
+        return {"measured": False, "note": why}
+    threads = torch.get_num_threads()
+    tqdm.write(f"d5 llama.cpp: {', '.join(peer['llama_cpp_quants'])} at {threads} threads")
     try:
-        result = reference.run_offline(model_dir, [ids], cfg["batch_sizes"], cfg["max_new_tokens"],
-                                       ref)
+        result = reference.run_llama_cpp(find_smollm2_gguf(), ids, LLAMA_CPP_CACHE, cfg["batch_sizes"],
+                                         peer["output_tokens"], threads, peer["repeats"], peer["llama_cpp_quants"])
     except (reference.ReferenceServerError, OSError, subprocess.SubprocessError) as error:
-        return {"measured": False, "note": f"vLLM's offline run failed: {str(error)[-800:]}"}
-    for entry in result["results"]:
-        rows.add("vllm_offline", 0, "output_tok_per_s", entry["output_tok_per_s"], request_id=RUN_ROW,
-                 batch_size=entry["batch_size"], prompt_tokens=len(ids), max_new_tokens=cfg["max_new_tokens"],
-                 traced=0)
-    return {"measured": True, "version": result["vllm_version"], "results": result["results"]}
+        return {"measured": False, "note": f"llama.cpp's run failed: {str(error)[-800:]}"}
+    record_llama_cpp(result, rows, reference_tokens)
+    failed = result.get("failed", {})
+    return {"measured": bool(result["models"]), "version": result["llama_cpp_version"], "build": result["build"].split(" ")[0],
+            "build_detail": result["build"],
+            "system_info": result["system_info"], "threads": threads, "output_tokens": result["output_tokens"],
+            "source": result["source"], "failed": failed,
+            "files": {model["quant"]: {"file": model["file"], "tensor_bytes": model["tensor_bytes"],
+                                       "types": model["types"], "tied_embeddings": model["tied_embeddings"],
+                                       "model_size_bytes": model["model_size_bytes"]}
+                      for model in result["models"]},
+            **({} if result["models"] else {"note": "; ".join(f"{q}: {why}" for q, why in failed.items())})}
 
 
 # ---- command line (python -m profiling d5_variants) --------------------------------------------------------------
