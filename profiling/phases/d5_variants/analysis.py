@@ -39,6 +39,7 @@ from ...trace_ops import operator_table, stage_spans  # the one import of the tr
 from ..d2_bottlenecks.roof import bandwidth_roof as roof_bandwidth  # the machine's one roof
 from . import NAME as PHASE
 from .variants import REFERENCE
+from .yardsticks import PEERS, VLLM, yardsticks
 
 ENGINE_STAGE = r"^(tokenize|prefill|decode_step\[\d+\]|detokenize)$"  # the engine's span labels
 STEP_INDEX = re.compile(r"\[\d+\]$")
@@ -145,12 +146,9 @@ def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_siz
     return pd.DataFrame(table)
 
 
-VLLM = "vllm_offline"  # the reference engine's rows (vLLM's LLM.generate), beside the variants, not one of them
-
-
 def variant_order(measurements: pd.DataFrame) -> list[str]:
-    """Variants in the order the experiment ran them (the reference first; vLLM's rows are not a variant)."""
-    names = [name for name in dict.fromkeys(measurements["variant"]) if name != VLLM]
+    """Variants in the order the experiment ran them (the reference first; the yardsticks' rows are not variants)."""
+    names = [name for name in dict.fromkeys(measurements["variant"]) if name not in PEERS]
     return [REFERENCE] + [name for name in names if name != REFERENCE]
 
 
@@ -277,18 +275,20 @@ def fastest_at(table: pd.DataFrame, batch: int) -> str | None:
 
 
 def against_vllm(measurements: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
-    """Per batch size: vLLM's offline output tok/s against our fastest variant at that batch size (end-to-end
-    output tok/s, median over repeats), and their ratio (ours / vLLM's)."""
+    """Per vLLM mode and batch size: vLLM's offline output tok/s (end to end, prefill included; median over its
+    repeats) against our fastest variant's at that batch size, and their ratio (ours / vLLM's)."""
     vllm = measurements[(measurements["variant"] == VLLM) & (measurements["metric"] == "output_tok_per_s")]
+    vllm = vllm.assign(mode=vllm["mode"].fillna("") if "mode" in vllm else "")
     rows = []
-    for entry in vllm.itertuples():
-        batch = int(entry.batch_size)
+    for (mode, batch), group in vllm.groupby(["mode", "batch_size"], sort=False):
+        batch = int(batch)
         fastest = fastest_at(table, batch)
         ours = table[(table["variant"] == fastest) & (table["batch_size"] == batch)]
         tok_per_s = float(ours["output_tok_per_s"].iloc[0]) if len(ours) else float("nan")
-        rows.append({"batch_size": batch, "variant": fastest, "repeats": int(ours["repeats"].iloc[0]) if len(ours)
-                     else 0, "vllm_tok_per_s": float(entry.value), "best_tok_per_s": tok_per_s,
-                     "ratio": tok_per_s / float(entry.value)})
+        theirs = float(group["value"].median())
+        rows.append({"mode": mode or None, "batch_size": batch, "variant": fastest,
+                     "repeats": int(ours["repeats"].iloc[0]) if len(ours) else 0, "vllm_repeats": len(group),
+                     "vllm_tok_per_s": theirs, "best_tok_per_s": tok_per_s, "ratio": tok_per_s / theirs})
     return rows
 
 
@@ -336,6 +336,7 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
         "directions": ranked,
         "vllm_offline": {**meta["notes"].get("vllm_offline", {"measured": False}),
                          "against_best": against_vllm(measurements, table)},
+        "yardsticks": yardsticks(measurements, meta, cfg, table, roof["bytes_per_s"], batch_sizes),
         "headlines": [
             headline(f"decode step b{small} (reference)", per_repeat(reference_b1, "decode_step_s"), "s", "lower"),
             headline(f"decode step b{small} (best variant)", per_repeat(best_b1, "decode_step_s"), "s", "lower"),
@@ -364,7 +365,8 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, traces:
                           meta["notes"].get("repeat_policy"))
     timelines = {name: timeline(path) for name, path in traces_by_variant(meta, traces).items()}
     timelines = {name: t for name, t in timelines.items() if t.get("decode_steps")}
-    summary = summary_table(timed_rows(measurements), ["variant", "batch_size", "metric"], settings["cv_warn"])
+    by = ["variant", *[knob for knob in ("quant", "mode") if knob in measurements], "batch_size", "metric"]
+    summary = summary_table(timed_rows(measurements), by, settings["cv_warn"])  # the peers' settings apart
     with staged(summary_path, variants_table_path, findings_path) as (summary_tmp, table_tmp, findings_tmp):
         summary.to_csv(summary_tmp, index=False)
         table.to_csv(table_tmp, index=False)
