@@ -5,15 +5,25 @@ physical cores. A variant changes one or more levers (a `Spec`):
 
     attn      eager | sdpa                          attention kernel (transformers' attn_implementation)
     dtype     float32 | bfloat16 | float16          weights and activations (float16: CUDA only)
-    quant     none | int8_dynamic | int8_weight_only
+    quant     none | int8_dynamic | int8_weight_only | int4_weight_only
               int8_dynamic      torch.ao dynamic quantisation of every nn.Linear (int8 weights, one scale per
                                 tensor; activations quantised per call); CPU only
               int8_weight_only  int8 weights with one scale per output channel, activations kept in `dtype`
                                 (aten._weight_int8pack_mm, the kernel gpt-fast's int8 mode uses)
+              int4_weight_only  4-bit weights, a scale and a zero per `group_size` input channels (llama.cpp's
+                                q4_1 layout at 32), activations in `dtype` (aten._weight_int4pack_mm_for_cpu); CPU
+    group_size 32                                   int4 only: input channels per scale and zero
+    linears   aten | prepacked                      float linears by F.linear, or packed once for oneDNN
+                                                    (profiling/prepack.py; CPU only)
     cache     dynamic | static                      static: transformers' StaticCache, length prompt + new tokens
     compile   none | default | reduce-overhead      torch.compile (Inductor); with a static cache only the decode
                                                     step is compiled (fixed shapes); reduce-overhead = CUDA graphs
+    freezing  False | True                          with compile: Inductor's freezing (weights become constants,
+                                                    folded and prepacked for oneDNN at compile time)
     threads   0 (all of the run's threads) or a count
+
+The weight-only kernels are fast on a CPU only with bfloat16 activations (float32 ones take slow fallbacks, 8-25x
+slower here), so every quantised variant of the catalogue runs in bfloat16.
 
 A variant that cannot run here (CUDA-only on a CPU, a build or first forward that fails) is not built: the caller
 gets the reason and records it as a row.
@@ -27,7 +37,7 @@ import torch
 
 from ...engine import generate
 from ...model import model_source
-from ...quantize import quantize_int8_dynamic, quantize_int8_weight_only
+from ...quantize import quantize_int4_weight_only, quantize_int8_dynamic, quantize_int8_weight_only
 from ...timing import StageClock, sync
 
 REFERENCE = "reference"
@@ -42,6 +52,9 @@ class Spec:
     quant: str = "none"
     cache: str = "dynamic"
     compile: str = "none"
+    freezing: bool = False  # with compile only
+    group_size: int = 32  # int4_weight_only only
+    linears: str = "aten"
     threads: int = 0  # 0: all of the run's threads
     cuda_only: bool = False
 
@@ -64,6 +77,9 @@ CATALOG: dict[str, Spec] = {
     "bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", cache="static", compile="default"),
     "int8wo_bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", quant="int8_weight_only",
                                             cache="static", compile="default"),
+    "prepacked_sdpa": Spec(attn="sdpa", linears="prepacked"),
+    "sdpa_static_compile_frozen": Spec(attn="sdpa", cache="static", compile="default", freezing=True),
+    "int4wo_bf16_sdpa": Spec(attn="sdpa", dtype="bfloat16", quant="int4_weight_only"),
     "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
     "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
                                   cuda_only=True),
@@ -86,6 +102,12 @@ def unavailable_reason(spec: Spec, device: str) -> str | None:
         return "float16 is measured on CUDA only (CPU float16 matmuls are slow emulation)"
     if spec.quant == "int8_dynamic" and on_cuda:
         return "torch.ao dynamic quantisation has CPU kernels only"
+    if spec.quant == "int4_weight_only" and on_cuda:
+        return "the int4 weight-only kernel used here (aten._weight_int4pack_mm_for_cpu) is the CPU one"
+    if spec.linears == "prepacked" and on_cuda:
+        return "oneDNN prepacked linears are a CPU path"
+    if spec.freezing and spec.compile == "none":
+        return "freezing is an Inductor option: it needs compile"
     return None
 
 
@@ -103,7 +125,8 @@ def _dynamic_quantized_linear_bytes(module) -> int | None:
 
 
 def step_weight_bytes(model) -> int:
-    """Bytes of weights one decode step reads, in the variant's own storage (int8 = 1 byte + scales).
+    """Bytes of weights one decode step reads, in the variant's own storage (int8 = 1 byte + scales; int4 =
+    half a byte, packed two to a uint8, + a scale and a zero per group).
 
     Every leaf module's parameters and buffers count once (shared tensors once), except embedding tables: a step
     reads one row per sequence, counted as 0 (a tied lm_head still reads the whole matrix and counts it)."""
@@ -118,7 +141,7 @@ def step_weight_bytes(model) -> int:
         for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             if tensor is None or tensor.data_ptr() in seen:
                 continue
-            if not (tensor.is_floating_point() or tensor.dtype == torch.int8):
+            if not (tensor.is_floating_point() or tensor.dtype in (torch.int8, torch.uint8)):
                 continue
             seen.add(tensor.data_ptr())
             total += tensor.numel() * tensor.element_size()
@@ -128,6 +151,23 @@ def step_weight_bytes(model) -> int:
 def kv_bytes_per_element(spec: Spec) -> int:
     """Bytes of one cached key or value element: the activations' dtype."""
     return torch.empty((), dtype=getattr(torch, spec.dtype)).element_size()
+
+
+def compile_options(mode: str, freezing: bool) -> dict:
+    """torch.compile's mode or options for `mode` (default | reduce-overhead) and `freezing`: freezing is one of
+    Inductor's options, given to this compilation alone (not the global config, so later ones are untouched);
+    torch.compile takes a mode or options, not both, so a mode then becomes its options."""
+    mode = None if mode == "default" else mode
+    if not freezing:
+        return {"mode": mode}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**(list_mode_options(mode) if mode else {}), "freezing": True}}
+
+
+def compiled(fn, mode: str, freezing: bool, **kwargs):
+    """torch.compile(fn, **kwargs) with compile_options(mode, freezing)."""
+    return torch.compile(fn, **compile_options(mode, freezing), **kwargs)
 
 
 # ---- the static-cache generation loop ----------------------------------------------------------------------------
@@ -144,11 +184,11 @@ class StaticDecoder:
     a (batch, cache length) mask), compiled with `compile_mode` unless it is "none". One cache per (batch, length)
     is kept and reset between generations, so the compiled step is reused."""
 
-    def __init__(self, model, compile_mode: str):
+    def __init__(self, model, compile_mode: str, freezing: bool = False):
         self.model = model
         self.caches: dict[tuple[int, int], object] = {}
-        self.step = self._step if compile_mode == "none" else torch.compile(
-            self._step, mode=None if compile_mode == "default" else compile_mode, fullgraph=True, dynamic=False)
+        self.step = self._step if compile_mode == "none" else compiled(self._step, compile_mode, freezing,
+                                                                       fullgraph=True, dynamic=False)
 
     def _step(self, token_ids, position_ids, attention_mask, cache):
         """One decode forward; last-position logits (batch, vocab)."""
@@ -269,8 +309,14 @@ def build(name: str, model_name: str, device: str) -> Built:
     model = load_variant_model(model_name, spec, device)
     if spec.quant == "int8_weight_only":
         quantize_int8_weight_only(model, getattr(torch, spec.dtype))
+    elif spec.quant == "int4_weight_only":
+        quantize_int4_weight_only(model, getattr(torch, spec.dtype), spec.group_size)
     elif spec.quant == "int8_dynamic":
         model = quantize_int8_dynamic(model)
+    if spec.linears == "prepacked":
+        from ...prepack import prepack_linears
+
+        prepack_linears(model)  # the float nn.Linear layers left (none after a weight-only quantisation)
     decoder = None
     if spec.compile != "none":
         import torch._inductor.config as inductor_config
@@ -278,10 +324,9 @@ def build(name: str, model_name: str, device: str) -> Built:
         # Inductor's generated kernels then appear in a trace as operators (a cheap check when not profiling)
         inductor_config.cpp.enable_kernel_profile = True
     if spec.cache == "static":
-        decoder = StaticDecoder(model, spec.compile)
+        decoder = StaticDecoder(model, spec.compile, spec.freezing)
     elif spec.compile != "none":
         # dynamic=True: one graph for every sequence length, instead of a recompilation per decode step
-        model.forward = torch.compile(model.forward, mode=None if spec.compile == "default" else spec.compile,
-                                      dynamic=True)
+        model.forward = compiled(model.forward, spec.compile, spec.freezing, dynamic=True)
     sync(device)
     return Built(name, spec, model, device, time.perf_counter() - start, step_weight_bytes(model), decoder)
