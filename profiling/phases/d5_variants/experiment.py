@@ -311,8 +311,11 @@ def vllm_offline(settings: dict, cfg: dict, ids: list[int], rows: Measurements, 
     weight_bytes = reference_weight_bytes * torch.tensor([], dtype=getattr(torch, settings["dtype"])).element_size() / 4
     modes = {}
     for mode in tqdm(peer["vllm_modes"], desc="d5 vLLM", unit="mode"):
+        # the run's threads, bound to its cores; the engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): with
+        # the engine in a process of its own, its spinning threads on every core starve the caller's process
         ref = reference.ReferenceSettings(dtype=settings["dtype"], enforce_eager=mode == "eager",
-                                          omp_threads_bind=f"0-{torch.get_num_threads() - 1}")
+                                          omp_threads_bind=f"0-{torch.get_num_threads() - 1}",
+                                          extra_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
         try:
             result = reference.run_offline(model_dir, [ids], cfg["batch_sizes"], peer["output_tokens"], ref,
                                            repeats=peer["repeats"])
