@@ -1,6 +1,6 @@
-"""D2's linear-layer shape curve: the verdict keys from hand-made curves on three CPUs (AVX2 only, AMX, AVX-512 BF16),
-the table's columns and bytes from a real run on the tiny model, the chart, and the section's wording in both
-editions. No assertion on a measured time."""
+"""D2's linear-layer shape curve: the verdict keys from hand-made curves on three CPUs (AVX2 only, AMX, AVX-512 BF16)
+and for the two kernels (F.linear, prepacked), the table's columns and bytes from a real run on the tiny model by
+both kernels, the chart, and the section's wording in both editions. No assertion on a measured time."""
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +17,7 @@ ROWS = [1, 2, 4, 8, 16]
 # ms per pass at M = 1, 2, 4, 8, 16 (the numbers seen on this project's machines)
 AMD_AVX2 = {"float32": [37, 76, 90, 110, 150], "bfloat16": [19, 30, 60, 115, 227]}
 INTEL_AMX = {"float32": [25.9, 27.8, 35, 45, 63.3], "bfloat16": [31, 31.2, 30.8, 31.5, 32]}
+AMD_PREPACKED = {"float32": [21, 22, 23, 24, 26], "bfloat16": [12, 13, 13.5, 14, 15]}  # packed once: flat
 ENVS = {
     "avx2": {"device": "cpu", "cpu_capability": "AVX2", "cpu_flags": ["avx2"]},
     "amx": {"device": "cpu", "cpu_capability": "AVX512", "cpu_flags": ["amx_bf16", "amx_tile", "avx512_bf16",
@@ -25,21 +26,24 @@ ENVS = {
 }
 
 
-def curve_rows(times_ms: dict, repeats: int = 5) -> pd.DataFrame:
-    """Tidy rows as linear_shapes.measure writes them, each point's repeats spread ±1% around its time."""
+def curve_rows(times_ms: dict, repeats: int = 5, prepacked: dict | None = None) -> pd.DataFrame:
+    """Tidy rows as linear_shapes.measure writes them (`times_ms` by aten, `prepacked` by the packed kernel), each
+    point's repeats spread ±1% around its time."""
     rows = Measurements("d2_bottlenecks")
-    for dtype, times in times_ms.items():
-        size = 4 if dtype == "float32" else 2
-        for count, ms in zip(ROWS, times):
-            for repeat in range(repeats):
-                rows.add(f"linear_{dtype}", repeat, linear_shapes.METRIC, ms / 1e3 * (1 + 0.01 * (repeat - 2)),
-                         request_id=-1, rows=count, dtype=dtype, threads=2, work_bytes=WEIGHT_ELEMENTS * size,
-                         work_flops=2 * count * WEIGHT_ELEMENTS, matrices=211)
+    for kernel, curves in (("aten", times_ms), ("prepacked", prepacked or {})):
+        for dtype, times in curves.items():
+            size = 4 if dtype == "float32" else 2
+            for count, ms in zip(ROWS, times):
+                for repeat in range(repeats):
+                    rows.add(f"linear_{dtype}_{kernel}", repeat, linear_shapes.METRIC,
+                             ms / 1e3 * (1 + 0.01 * (repeat - 2)), request_id=-1, rows=count, dtype=dtype,
+                             kernel=kernel, threads=2, work_bytes=WEIGHT_ELEMENTS * size,
+                             work_flops=2 * count * WEIGHT_ELEMENTS, matrices=211)
     return rows.frame()
 
 
-def verdict(times_ms: dict, env: dict) -> dict:
-    measurements = curve_rows(times_ms)
+def verdict(times_ms: dict, env: dict, prepacked: dict | None = None) -> dict:
+    measurements = curve_rows(times_ms, prepacked=prepacked)
     table = shape_curve.curve_table(measurements, ROOF, {"max_repeats": 7, "ci_half_width": 0.05})
     return shape_curve.curve_findings(table, measurements, env, 1.5)
 
@@ -49,13 +53,13 @@ def test_avx2_only_machine_emulates_bfloat16_and_jumps_at_two_rows_in_float32():
     found = verdict(AMD_AVX2, ENVS["avx2"])
     assert found["bf16_path"] == "emulated" and found["vector_isa"] == "avx2"
     assert found["float32_jump"] == "gemv_to_gemm"
-    fp32, bf16 = found["shapes"]["float32"], found["shapes"]["bfloat16"]
+    fp32, bf16 = found["shapes"]["aten"]["float32"], found["shapes"]["aten"]["bfloat16"]
     assert fp32["jump_rows"] == 2 and fp32["jump_step"] == pytest.approx(76 / 37, rel=0.02)
     assert fp32["per_row_stops_falling_at"] == 2  # 37 ms per row at M=1, 38 at M=2
     assert fp32["ratio_2_1"] == pytest.approx(76 / 37, rel=0.02)
     assert fp32["ratio_2_1_low"] <= fp32["ratio_2_1"] <= fp32["ratio_2_1_high"]
     assert bf16["scaling"] == "linear" and bf16["growth"] == pytest.approx(227 / 19, rel=0.02)
-    versus = found["bf16_vs_float32"]
+    versus = found["bf16_vs_float32"]["aten"]
     assert (versus["rows_min"], versus["at_min"]) == (1, "faster")
     assert (versus["rows_max"], versus["at_max"]) == (16, "slower")
 
@@ -63,10 +67,11 @@ def test_avx2_only_machine_emulates_bfloat16_and_jumps_at_two_rows_in_float32():
 def test_amx_machine_keeps_bfloat16_flat_and_float32_has_no_jump():
     found = verdict(INTEL_AMX, ENVS["amx"])
     assert found["bf16_path"] == "amx" and found["vector_isa"] == "avx512f"
-    assert found["float32_jump"] == "none" and found["shapes"]["float32"]["jump_rows"] is None
-    assert found["shapes"]["float32"]["scaling"] == "grows"  # 2.4x over 16x the rows
-    assert found["shapes"]["bfloat16"]["scaling"] == "flat"
-    assert found["shapes"]["float32"]["per_row_stops_falling_at"] is None  # falls all the way to 16 rows
+    aten = found["shapes"]["aten"]
+    assert found["float32_jump"] == "none" and aten["float32"]["jump_rows"] is None
+    assert aten["float32"]["scaling"] == "grows"  # 2.4x over 16x the rows
+    assert aten["bfloat16"]["scaling"] == "flat"
+    assert aten["float32"]["per_row_stops_falling_at"] is None  # falls all the way to 16 rows
 
 
 def test_avx512_bf16_machine_and_the_other_paths():
@@ -80,13 +85,13 @@ def test_avx512_bf16_machine_and_the_other_paths():
 def test_a_jump_after_two_rows_is_later_and_a_late_jump_is_found():
     times = {"float32": [30, 33, 36, 80, 90]}
     found = verdict(times, ENVS["avx2"])
-    assert found["float32_jump"] == "later" and found["shapes"]["float32"]["jump_rows"] == 8
-    assert found["bf16_vs_float32"] is None
+    assert found["float32_jump"] == "later" and found["shapes"]["aten"]["float32"]["jump_rows"] == 8
+    assert found["bf16_vs_float32"] == {} and found["prepacked_vs_aten"] == {}
 
 
 def test_table_rates_follow_the_medians():
-    table = shape_curve.curve_table(curve_rows(AMD_AVX2), ROOF, None).set_index(["dtype", "rows"])
-    row = table.loc[("bfloat16", 16)]
+    table = shape_curve.curve_table(curve_rows(AMD_AVX2), ROOF, None).set_index(["dtype", "kernel", "rows"])
+    row = table.loc[("bfloat16", "aten", 16)]
     assert row["pass_ms_p50"] == pytest.approx(227)
     assert row["gb_per_s"] == pytest.approx(WEIGHT_ELEMENTS * 2 / 0.227 / 1e9)
     assert row["roof_share"] == pytest.approx(WEIGHT_ELEMENTS * 2 / 0.227 / ROOF)
@@ -96,33 +101,119 @@ def test_table_rates_follow_the_medians():
     assert list(table.reset_index()["dtype"].unique()) == ["float32", "bfloat16"]
 
 
+# ---- the two kernels ------------------------------------------------------------------------------------------------
+def test_prepacked_flat_where_aten_jumps():
+    found = verdict(AMD_AVX2, ENVS["avx512_bf16"], prepacked=AMD_PREPACKED)
+    assert found["kernels"] == ["aten", "prepacked"] and found["dtypes"] == ["float32", "bfloat16"]
+    packed = found["shapes"]["prepacked"]
+    assert packed["float32"]["jump_rows"] is None and packed["float32"]["scaling"] == "flat"
+    assert found["float32_jump"] == "gemv_to_gemm"  # the jump is F.linear's, never the packed curve's
+    k = found["prepacked_vs_aten"]["float32"]
+    assert k["jumps"] == "only_aten"
+    assert (k["rows_min"], k["at_min"], k["rows_max"], k["at_max"]) == (1, "faster", 16, "faster")
+    assert k["ratio_min"] == pytest.approx(21 / 37) and k["ratio_max"] == pytest.approx(26 / 150)
+    assert found["prepacked_vs_aten"]["bfloat16"]["jumps"] == "only_aten"  # 19 -> 30 ms is a jump
+    assert set(found["bf16_vs_float32"]) == {"aten", "prepacked"}
+    assert found["bf16_vs_float32"]["prepacked"]["ratio_min"] == pytest.approx(12 / 21)
+    table = shape_curve.curve_table(curve_rows(AMD_AVX2, prepacked=AMD_PREPACKED), ROOF, None)
+    assert list(table["kernel"].unique()) == ["aten", "prepacked"] and len(table) == 20
+
+
+def test_kernels_that_match_and_a_packed_jump():
+    found = verdict(INTEL_AMX, ENVS["amx"], prepacked=INTEL_AMX)
+    k = found["prepacked_vs_aten"]["float32"]
+    assert k["jumps"] == "neither" and (k["at_min"], k["at_max"]) == ("similar", "similar")
+    assert k["ratio_min"] == pytest.approx(1) and k["ratio_max"] == pytest.approx(1)
+    jumpy = verdict(INTEL_AMX, ENVS["amx"], prepacked={"float32": [20, 40, 41, 42, 43]})
+    assert jumpy["prepacked_vs_aten"]["float32"]["jumps"] == "only_prepacked"
+    assert set(jumpy["prepacked_vs_aten"]) == {"float32"}  # bfloat16 timed by aten alone: nothing to compare
+    both = verdict(AMD_AVX2, ENVS["avx2"], prepacked={"float32": [20, 40, 41, 42, 43]})
+    assert both["prepacked_vs_aten"]["float32"]["jumps"] == "both"
+
+
+def test_engine_kernel_and_rows_without_a_kernel():
+    assert verdict(AMD_AVX2, {**ENVS["avx2"], "engine_kernel": "prepacked"})["engine_kernel"] == "prepacked"
+    assert verdict(AMD_AVX2, {**ENVS["avx2"], "cpu_linears": "aten"})["engine_kernel"] == "aten"  # env.json only
+    assert verdict(AMD_AVX2, {"device": "cuda", "cpu_linears": None})["engine_kernel"] is None
+    older = curve_rows(AMD_AVX2).drop(columns="kernel")  # measured before the kernels were compared
+    table = shape_curve.curve_table(older, ROOF, None)
+    assert set(table["kernel"]) == {"aten"} and len(table) == 10
+    assert shape_curve.curve_findings(table, older, ENVS["avx2"], 1.5)["float32_jump"] == "gemv_to_gemm"
+
+
+def test_prepacked_runs_only_where_onednn_packs():
+    from profiling.prepack import available
+
+    both = ["aten", "prepacked"]
+    assert linear_shapes.kernels_for(both, "cuda", torch.float32) == ["aten"]
+    assert linear_shapes.kernels_for(both, "cpu", torch.float16) == ["aten"]
+    assert linear_shapes.kernels_for(["prepacked"], "cpu", torch.float32) == (["prepacked"] if available() else [])
+    assert linear_shapes.kernels_for(both, "cpu", torch.bfloat16) == (both if available() else ["aten"])
+
+
 # ---- a real run on the tiny model -------------------------------------------------------------------------------
 @pytest.fixture
-def tiny_curve(tiny):
+def tiny_curve(tiny, monkeypatch):
+    """The curve of the tiny model (M = 1, 2, 4; both kernels), each product call counted per kernel with the
+    matrix it was given."""
     model, _ = tiny
     config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1,
                            "d2_bottlenecks": {"linear_rows": [1, 2, 4], "linear_repeats": 2}})
     settings = phase_config(config, "d2_bottlenecks")
+    calls = {kernel: [] for kernel in linear_shapes.PRODUCTS}
+    for kernel, product in dict(linear_shapes.PRODUCTS).items():
+        def counted(x, matrix, kernel=kernel, product=product):
+            calls[kernel].append(matrix.is_mkldnn)
+            return product(x, matrix)
+        monkeypatch.setitem(linear_shapes.PRODUCTS, kernel, counted)
     rows = Measurements("d2_bottlenecks")
     out_of_memory = linear_shapes.measure(model, settings["d2_bottlenecks"], settings, "cpu", 1, rows)
-    return model, settings, rows.frame(), out_of_memory
+    return model, settings, rows.frame(), out_of_memory, calls
 
 
 def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tiny_curve):
-    model, settings, measurements, out_of_memory = tiny_curve
+    from profiling.prepack import available
+
+    model, settings, measurements, out_of_memory, calls = tiny_curve
     assert out_of_memory == []
+    kernels = ["aten", "prepacked"] if available() else ["aten"]
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     table = shape_curve.curve_table(measurements, ROOF, {"max_repeats": 2, "ci_half_width": 0.05})
     assert list(table.columns) == shape_curve.COLUMNS
-    assert set(zip(table["dtype"], table["rows"])) == {(d, r) for d in ("float32", "bfloat16") for r in (1, 2, 4)}
+    assert set(zip(table["dtype"], table["kernel"], table["rows"])) == {
+        (d, k, r) for d in ("float32", "bfloat16") for k in kernels for r in (1, 2, 4)}
+    passes = measurements[measurements["metric"] == linear_shapes.METRIC]
+    assert set(passes["variant"]) == {f"linear_{d}_{k}" for d in ("float32", "bfloat16") for k in kernels}
+    assert (passes["variant"] == "linear_" + passes["dtype"] + "_" + passes["kernel"]).all()
+    # every timed pass ran its own kernel over every matrix: plain weights for aten, packed ones for prepacked
+    for kernel in kernels:
+        runs = len(passes[passes["kernel"] == kernel]) + 3 * 2  # + one warm-up pass per (dtype, M)
+        assert calls[kernel] == [kernel == "prepacked"] * (runs * len(linears))
     assert (table["matrices"] == len(linears)).all() and (table["n"] >= 1).all()
     elements = sum(m.weight.numel() for m in linears)
     by_dtype = table.groupby("dtype")["weight_bytes"].first()
     assert by_dtype["float32"] == 4 * elements and by_dtype["bfloat16"] == 2 * elements
     assert ((table["gb_per_s"] > 0) & (table["roof_share"] > 0) & (table["gflop_per_s"] > 0)).all()
     assert next(model.parameters()).dtype == torch.float32  # the bfloat16 copy left the model as it was
-    found = shape_curve.curve_findings(table, measurements, {"device": "cpu", **linear_shapes.cpu_isa()}, 1.5)
+    env = {"device": "cpu", **linear_shapes.cpu_isa(), "engine_kernel": linear_shapes.engine_kernel(model)}
+    found = shape_curve.curve_findings(table, measurements, env, 1.5)
     assert found["bf16_path"] in {"amx", "avx512_bf16", "emulated"} and found["dtypes"] == ["float32", "bfloat16"]
+    assert found["kernels"] == kernels and found["engine_kernel"] == "aten"  # the fixture's model is not packed
+    assert set(found["prepacked_vs_aten"]) == ({"float32", "bfloat16"} if available() else set())
+
+
+def test_the_packed_product_equals_f_linear():
+    from profiling.prepack import available
+
+    if not available():
+        pytest.skip("this torch has no oneDNN linear ops")
+    weight = torch.randn(48, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
+    (packed, width), = linear_shapes.matrices_for([weight], "prepacked")
+    assert width == 32 and packed.is_mkldnn
+    with torch.inference_mode():
+        torch.testing.assert_close(linear_shapes.prepacked_product(x, packed), torch.nn.functional.linear(x, weight),
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_prepacked_linears_are_timed_on_their_weights():
@@ -134,6 +225,7 @@ def test_prepacked_linears_are_timed_on_their_weights():
     if available():
         assert prepack_linears(model) == len(plain)
     assert [w.data_ptr() for w in linear_shapes.linear_weights(model)] == [w.data_ptr() for w in plain]
+    assert linear_shapes.engine_kernel(model) == ("prepacked" if available() else "aten")
 
 
 def test_no_rows_means_no_curve(tiny):
@@ -149,10 +241,14 @@ def test_no_rows_means_no_curve(tiny):
 
 # ---- the chart and the words ----------------------------------------------------------------------------------------
 def test_the_chart_renders(tmp_path):
-    table = shape_curve.curve_table(curve_rows(AMD_AVX2), ROOF, None)
+    table = shape_curve.curve_table(curve_rows(AMD_AVX2, prepacked=AMD_PREPACKED), ROOF, None)
     name = d2_linear_shapes(table, ROOF, tmp_path)
     assert name == "d2_bottlenecks_linear_shapes.png"
     assert (tmp_path / name).stat().st_size > 1000 and (tmp_path / "d2_bottlenecks_linear_shapes.svg").exists()
+    svg = (tmp_path / "d2_bottlenecks_linear_shapes.svg").read_text()
+    assert "float32 prepacked (oneDNN)" in svg and "float32 F.linear (aten)" in svg
+    older = table[table["kernel"] == "aten"].drop(columns="kernel")  # a table from before the kernels
+    assert d2_linear_shapes(older, ROOF, tmp_path) == name
 
 
 def render(found: dict | None, language: str) -> str:
@@ -175,10 +271,43 @@ def test_the_section_words_each_verdict_in_both_editions(language, words):
     for text in (avx2, amx):
         assert '<a id="d2_bottlenecks_shape_curve"></a>' in text
         assert "n/a" not in text and "figures/d2_bottlenecks_linear_shapes.png" in text
-        assert "| bfloat16 | 16 | **" in text
+        assert "| bfloat16 | aten | 16 | **" in text
     assert words["emulated"] in avx2 and words["gemv_to_gemm"] in avx2 and words["none"] not in avx2
     assert words["amx"] in amx and words["none"] in amx and words["gemv_to_gemm"] not in amx
     assert "d2_bottlenecks_shape_curve" in render(None, language)  # the anchor stays for links when not measured
+
+
+KERNEL_WORDS = {
+    "en": {"engine": "the engine runs the model's linear layers prepacked", "aten_engine": "through `F.linear`**",
+           "heading": "Packed once against `F.linear`.", "only_aten": "the packed kernel does not",
+           "match": "the two match here", "only_prepacked": "packing once does not pay at every M",
+           "both": "Both kernels jump", "gpu": "the prepacked kernel is the CPU's only",
+           "older": "analysed before the two kernels were compared"},
+    "zh": {"engine": "引擎以预打包方式运行模型的线性层", "aten_engine": "引擎通过 `F.linear` 运行模型的线性层",
+           "heading": "打包一次 vs `F.linear`。", "only_aten": "预打包内核没有", "match": "两者在这里相当",
+           "only_prepacked": "打包一次并非在每个 M 都划算", "both": "两种内核都跳变", "gpu": "预打包内核只用于 CPU",
+           "older": "在比较两种内核之前分析的"},
+}
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_section_words_the_kernel_verdict_and_the_engine_kernel(language):
+    words = KERNEL_WORDS[language]
+    packed_env = {**ENVS["avx2"], "engine_kernel": "prepacked"}
+    flat = render(verdict(AMD_AVX2, packed_env, prepacked=AMD_PREPACKED), language)
+    assert words["engine"] in flat and words["heading"] in flat and words["only_aten"] in flat
+    assert "| float32 | prepacked | 16 | **26.0** |" in flat and "0.57" in flat and "0.17" in flat  # 21/37, 26/150
+    assert words["match"] not in flat
+    match = render(verdict(INTEL_AMX, {**ENVS["amx"], "engine_kernel": "aten"}, prepacked=INTEL_AMX), language)
+    assert words["match"] in match and words["aten_engine"] in match and words["only_aten"] not in match
+    jumpy = verdict(INTEL_AMX, ENVS["amx"], prepacked={"float32": [20, 40, 41, 42, 43]})
+    assert words["only_prepacked"] in render(jumpy, language)
+    both = verdict(AMD_AVX2, ENVS["avx2"], prepacked={"float32": [20, 40, 41, 42, 43]})
+    assert words["both"] in render(both, language)
+    gpu = render(verdict(AMD_AVX2, {"device": "cuda"}), language)
+    assert words["gpu"] in gpu and words["heading"] not in gpu
+    older = {key: value for key, value in verdict(AMD_AVX2, ENVS["avx2"]).items() if key != "kernels"}
+    assert words["older"] in render(older, language)
 
 
 # ---- D3 links to the curve where its decode step jumps ----------------------------------------------------------

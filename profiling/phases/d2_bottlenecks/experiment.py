@@ -14,8 +14,9 @@
    traced_b<B> so the profiler's overhead can be shown.
 4. Thread scaling (CPU only): prefill and decode steps at batch 1 with 1 torch thread versus all of the run's
    threads.
-5. Linear-layer shape curve (linear_shapes.py): every nn.Linear weight of the model timed as F.linear at
-   `linear_rows` rows, in each of `linear_dtypes`; the CPU's bfloat16 instructions are recorded in meta.json.
+5. Linear-layer shape curve (linear_shapes.py): every linear layer's weight of the model timed at `linear_rows`
+   rows, in each of `linear_dtypes`, by each of `linear_kernels` (F.linear; packed once for oneDNN); the CPU's
+   bfloat16 instructions and the kernel the engine runs this model's linears with are recorded in meta.json.
 
 An out-of-memory error at a batch size is recorded as a row (metric `oom`, value 1) and the sweep goes on; its
 trace file is then an empty Chrome trace.
@@ -168,6 +169,7 @@ def run(settings: dict, measurements_path, meta_path, ceilings_path, trace_paths
             "repeat_policy": RepeatPolicy(settings, cfg).describe(),
             "linear_shapes": {
                 "isa": linear_shapes.cpu_isa(),
+                "engine_kernel": linear_shapes.engine_kernel(model),  # prepacked | aten | None (not a CPU model)
                 "repeat_policy": linear_shapes.repeat_policy(settings, cfg).describe(),
                 "out_of_memory": linear_out_of_memory,
             },

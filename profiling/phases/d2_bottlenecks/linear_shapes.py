@@ -1,13 +1,19 @@
 """D2's linear-layer shape curve, measured: the model's own weight matrices (every linear layer's weight, lm_head
-included; nn.Linear or prepacked at load) timed as torch's `F.linear` (the unpacked path) over all of them, at
-M = 1, 2, 4 … rows, in each configured dtype.
+included; nn.Linear or prepacked at load) timed over all of them at M = 1, 2, 4 … rows, in each configured dtype,
+by each configured kernel:
 
-One pass = one `F.linear(x, W)` per matrix, in model order, on an input of M rows; it reads every weight once, as a
-decode step at batch M does. Per dtype the weights are made once: the model's own tensors when they already have
-that dtype, else one converted copy. Each (dtype, rows) point warms up one pass, then repeats passes until the
-median is tight (measure.RepeatPolicy over `linear_repeats`). Rows: variant `linear_<dtype>`, metric
-`linear_pass_s` (seconds per pass), knobs rows, dtype, threads, work_bytes (weight bytes read per pass) and
-work_flops (2 x rows x the weights' elements per pass).
+    aten       torch's `F.linear(x, W)` on the plain weight (transformers' path: MKL's GEMV at 1 row, a GEMM that
+               packs the weight again at every call above)
+    prepacked  the engine's CPU path (prepack.py's PrepackedLinear): each weight reordered once for oneDNN
+               (`mkldnn._reorder_linear_weight`, not timed), then `mkldnn._linear_pointwise(x, packed)` per matrix;
+               only on a CPU where prepack.available(), and only for float32 and bfloat16
+
+One pass = one product per matrix, in model order, on an input of M rows; it reads every weight once, as a decode
+step at batch M does. Per dtype the weights are made once: the model's own tensors when they already have that
+dtype, else one converted copy (and, for prepacked, one packed copy). Each (dtype, kernel, rows) point warms up one
+pass, then repeats passes until the median is tight (measure.RepeatPolicy over `linear_repeats`). Rows: variant
+`linear_<dtype>_<kernel>`, metric `linear_pass_s` (seconds per pass), knobs rows, dtype, kernel, threads,
+work_bytes (weight bytes read per pass), work_flops (2 x rows x the weights' elements per pass) and matrices.
 
 `cpu_isa()` records which vector instructions the CPU offers for bfloat16 (from /proc/cpuinfo and torch's probes),
 so the analysis can say why bfloat16 is slow or fast here.
@@ -20,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ...measure import OutOfMemoryGuard, RepeatPolicy, repeat_until_tight
-from ...prepack import PrepackedLinear
+from ...prepack import PACKABLE_DTYPES, PrepackedLinear, available, is_prepacked
 from ...timing import sync
 
 METRIC = "linear_pass_s"
 ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # the ones the verdict reads
+KERNELS = ("aten", "prepacked")
 
 
 LINEARS = (torch.nn.Linear, PrepackedLinear)  # a CPU model's linears are prepacked at load (prepack.py)
@@ -47,12 +54,40 @@ def pass_work(weights: list[torch.Tensor], rows: int) -> dict:
     return {"work_bytes": sum(w.numel() * w.element_size() for w in weights), "work_flops": 2 * rows * elements}
 
 
-def timed_pass(weights: list[torch.Tensor], inputs: dict, device: str) -> float:
-    """Seconds of one pass: F.linear of each weight on the input of its width, the device synchronised at the end."""
+def kernels_for(wanted: list[str], device: str, dtype: torch.dtype) -> list[str]:
+    """The kernels of `wanted` that run here: aten always; prepacked on a CPU with oneDNN's linear ops, for float32
+    and bfloat16 weights only."""
+    packable = device == "cpu" and dtype in PACKABLE_DTYPES and available()
+    return [kernel for kernel in wanted if kernel == "aten" or (kernel == "prepacked" and packable)]
+
+
+def matrices_for(weights: list[torch.Tensor], kernel: str) -> list[tuple]:
+    """(matrix, input width) per weight as `kernel` takes it: the weight itself (aten) or its oneDNN packing, made
+    once here (prepacked, as PrepackedLinear does at load)."""
+    if kernel == "prepacked":
+        return [(torch.ops.mkldnn._reorder_linear_weight(w, None), w.shape[1]) for w in weights]
+    return [(w, w.shape[1]) for w in weights]
+
+
+def aten_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, weight)
+
+
+def prepacked_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+PRODUCTS = {"aten": aten_product, "prepacked": prepacked_product}
+
+
+def timed_pass(matrices: list[tuple], inputs: dict, device: str, kernel: str = "aten") -> float:
+    """Seconds of one pass: `kernel`'s product of each matrix on the input of its width, the device synchronised at
+    the end."""
+    product = PRODUCTS[kernel]
     sync(device)
     start = time.perf_counter()
-    for weight in weights:
-        F.linear(inputs[weight.shape[1]], weight)
+    for matrix, width in matrices:
+        product(inputs[width], matrix)
     sync(device)
     return time.perf_counter() - start
 
@@ -63,9 +98,9 @@ def repeat_policy(settings: dict, cfg: dict) -> RepeatPolicy:
 
 
 def measure(model, cfg: dict, settings: dict, device: str, threads: int, rows_out, desc: str = "d2 linear") -> list:
-    """Time the shape curve of `model` (cfg: linear_dtypes, linear_rows, linear_repeats) and add its rows to
-    `rows_out` (a metrics.Measurements); returns the (dtype, rows) points that ran out of memory. Nothing runs when
-    either list is empty."""
+    """Time the shape curve of `model` (cfg: linear_dtypes, linear_kernels, linear_rows, linear_repeats) and add its
+    rows to `rows_out` (a metrics.Measurements); returns the [dtype, kernel, rows] points that ran out of memory.
+    Nothing runs when a list is empty; prepacked is skipped where kernels_for says it cannot run."""
     policy = repeat_policy(settings, cfg)
     model_weights = linear_weights(model)
     if not model_weights and cfg["linear_rows"] and cfg["linear_dtypes"]:
@@ -76,25 +111,37 @@ def measure(model, cfg: dict, settings: dict, device: str, threads: int, rows_ou
         dtype = getattr(torch, dtype_name)
         with torch.inference_mode():
             weights = weights_in(model_weights, dtype)
-            for rows in cfg["linear_rows"]:
-                knobs = {"rows": rows, "dtype": dtype_name, "threads": threads, **pass_work(weights, rows),
-                         "matrices": len(weights)}
-                with OutOfMemoryGuard(device) as oom:
-                    inputs = {width: torch.randn(rows, width, generator=generator).to(device=device, dtype=dtype)
-                              for width in {w.shape[1] for w in weights}}
-                    timed_pass(weights, inputs, device)  # warm-up: first-call costs, kernel choice
+            for kernel in kernels_for(cfg["linear_kernels"], device, dtype) if cfg["linear_rows"] else []:
+                variant = f"linear_{dtype_name}_{kernel}"
+                matrices = matrices_for(weights, kernel)
+                for rows in cfg["linear_rows"]:
+                    knobs = {"rows": rows, "dtype": dtype_name, "kernel": kernel, "threads": threads,
+                             **pass_work(weights, rows), "matrices": len(weights)}
+                    with OutOfMemoryGuard(device) as oom:
+                        inputs = {width: torch.randn(rows, width, generator=generator).to(device=device, dtype=dtype)
+                                  for width in {w.shape[1] for w in weights}}
+                        timed_pass(matrices, inputs, device, kernel)  # warm-up: first-call costs, kernel choice
 
-                    def timed(repeat: int) -> dict:
-                        seconds = timed_pass(weights, inputs, device)
-                        rows_out.add(f"linear_{dtype_name}", repeat, METRIC, seconds, request_id=-1, **knobs)
-                        return {METRIC: seconds}
+                        def timed(repeat: int) -> dict:
+                            seconds = timed_pass(matrices, inputs, device, kernel)
+                            rows_out.add(variant, repeat, METRIC, seconds, request_id=-1, **knobs)
+                            return {METRIC: seconds}
 
-                    repeat_until_tight(timed, policy, desc=f"{desc} {dtype_name} M={rows}")
-                if oom.hit:
-                    oom.record(rows_out, f"linear_{dtype_name}", **knobs)
-                    out_of_memory.append([dtype_name, rows])
+                        repeat_until_tight(timed, policy, desc=f"{desc} {dtype_name} {kernel} M={rows}")
+                    if oom.hit:
+                        oom.record(rows_out, variant, **knobs)
+                        out_of_memory.append([dtype_name, kernel, rows])
+                del matrices
         del weights
     return out_of_memory
+
+
+def engine_kernel(model) -> str | None:
+    """How the engine runs this model's linear layers: "prepacked" (PrepackedLinear found), "aten" (plain
+    nn.Linear on a CPU) or None (not a CPU model)."""
+    if is_prepacked(model):
+        return "prepacked"
+    return "aten" if next(model.parameters()).device.type == "cpu" else None
 
 
 def cpu_isa() -> dict:

@@ -23,6 +23,8 @@ CATEGORY_COLOURS = {
 SOURCE_COLOURS = ["#1f77b4", "#8c564b", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e"]  # this phase first, then the others
 STAGE_MARKERS = {"prefill": "s", "decode": "o"}
 DTYPE_COLOURS = {"float32": "#1f77b4", "bfloat16": "#d62728", "float16": "#2ca02c"}
+KERNEL_LINES = {"prepacked": "-", "aten": "--"}  # the shape curve: solid = the engine's CPU kernel
+KERNEL_LABELS = {"prepacked": "prepacked (oneDNN)", "aten": "F.linear (aten)"}
 
 # How each ceiling is shown: (rate key in ceilings.json, display scale, display unit).
 CEILING_DISPLAY = {
@@ -127,16 +129,19 @@ def breakdown_columns(breakdown: pd.DataFrame) -> tuple[list[str], list[dict]]:
 
 def d2_linear_shapes(curve: pd.DataFrame, roof_bytes_per_s: float, figures: Path) -> str:
     """Two panels against rows M (log 2): ms per pass over every weight matrix (median, 95% CI bars) and the
-    achieved GB/s (weight bytes read / median time) under D2's bandwidth roof, one line per dtype."""
+    achieved GB/s (weight bytes read / median time) under D2's bandwidth roof, one line per dtype and kernel:
+    colour = dtype, solid = prepacked (oneDNN, packed once), dashed = aten (F.linear). A table without a kernel
+    column (an older run) is all aten."""
+    curve = curve if "kernel" in curve else curve.assign(kernel="aten")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for dtype, group in curve.groupby("dtype", sort=False):
+    for (dtype, kernel), group in curve.groupby(["dtype", "kernel"], sort=False):
         group = group.sort_values("rows")
-        colour = DTYPE_COLOURS.get(dtype, "#7f7f7f")
+        style = {"color": DTYPE_COLOURS.get(dtype, "#7f7f7f"), "linestyle": KERNEL_LINES.get(kernel, ":"),
+                 "marker": "o" if kernel == "prepacked" else "s", "label": f"{dtype} {KERNEL_LABELS.get(kernel, kernel)}"}
         errors = [group["pass_ms_p50"] - group["pass_ms_ci95_low"], group["pass_ms_ci95_high"] - group["pass_ms_p50"]]
-        left.errorbar(group["rows"], group["pass_ms_p50"], yerr=errors, marker="o", color=colour, capsize=3,
-                      label=dtype)
-        right.plot(group["rows"], group["gb_per_s"], marker="o", color=colour, label=dtype)
-    right.axhline(roof_bytes_per_s / 1e9, color="black", linestyle="--", linewidth=1,
+        left.errorbar(group["rows"], group["pass_ms_p50"], yerr=errors, capsize=3, **style)
+        right.plot(group["rows"], group["gb_per_s"], **style)
+    right.axhline(roof_bytes_per_s / 1e9, color="black", linestyle="-.", linewidth=1,
                   label=f"roof {roof_bytes_per_s / 1e9:.1f} GB/s")
     rows = sorted(curve["rows"].unique())
     for ax in (left, right):
@@ -144,12 +149,13 @@ def d2_linear_shapes(curve: pd.DataFrame, roof_bytes_per_s: float, figures: Path
         ax.set_xticks(rows, [str(r) for r in rows])
         ax.set_xlabel("rows M (a decode step at batch M)")
         ax.grid(True, which="both", alpha=0.2)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     left.set_yscale("log")
     left.set_ylabel("ms per pass over every weight matrix (median, 95% CI)")
     right.set_ylabel("achieved GB/s (weight bytes read / time)")
     right.set_ylim(bottom=0)
-    fig.suptitle(f"Linear-layer shape curve: F.linear over the model's {int(curve['matrices'].iloc[0])} weight matrices")
+    kernels = " and ".join(KERNEL_LABELS.get(k, k) for k in curve["kernel"].unique())
+    fig.suptitle(f"Linear-layer shape curve: the model's {int(curve['matrices'].iloc[0])} weight matrices, {kernels}")
     return save(fig, figures, f"{PHASE}_linear_shapes")
 
 
