@@ -31,7 +31,6 @@ from ...timing import sync
 
 METRIC = "linear_pass_s"
 ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # the ones the verdict reads
-KERNELS = ("aten", "prepacked")
 
 
 LINEARS = (torch.nn.Linear, PrepackedLinear)  # a CPU model's linears are prepacked at load (prepack.py)
