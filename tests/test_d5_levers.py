@@ -104,6 +104,8 @@ def test_frozen_compiled_variant_gives_the_reference_tokens(tiny_inputs):
     reference = generate("reference", tiny_inputs)
     built = V.build("sdpa_static_compile_frozen", "tiny-random", "cpu")
     assert built.spec.freezing and built.decoder is not None
+    # every decoder's step shares one code object: room for variants x batch sizes compiled graphs of it
+    assert torch._dynamo.config.recompile_limit >= V.RECOMPILE_LIMIT
     tokens = built.generate(*tiny_inputs, 6, StageClock("cpu"))
     assert torch.equal(tokens, reference)
 
@@ -119,3 +121,14 @@ def test_int4_variant_generates_and_its_match_share_is_computed(tiny_inputs):
     assert tokens.shape == reference.shape and tokens.dtype == reference.dtype
     share = token_match(tokens.flatten().tolist(), reference.flatten().tolist())
     assert 0.0 <= share <= 1.0
+
+
+def test_the_schema_enumerates_every_catalogued_variant():
+    import yaml
+
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    variants = schema["properties"]["d5_variants"]["properties"]["variants"]
+    assert set(variants["items"]["enum"]) == set(V.CATALOG)
+    assert set(variants["default"]) <= set(V.CATALOG)

@@ -41,6 +41,7 @@ from ...quantize import quantize_int4_weight_only, quantize_int8_dynamic, quanti
 from ...timing import StageClock, sync
 
 REFERENCE = "reference"
+RECOMPILE_LIMIT = 64  # compiled decode-step graphs kept (variants x batch sizes x cache lengths)
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,13 @@ CATALOG: dict[str, Spec] = {
     "bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", cache="static", compile="default"),
     "int8wo_bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", quant="int8_weight_only",
                                             cache="static", compile="default"),
+    # the kernel levers: float32 linears packed once for oneDNN (eager), or frozen and prepacked by Inductor;
+    # int4 weights (llama.cpp q4_1's layout, 0.625 byte per weight) with bfloat16 activations, eager and compiled
     "prepacked_sdpa": Spec(attn="sdpa", linears="prepacked"),
     "sdpa_static_compile_frozen": Spec(attn="sdpa", cache="static", compile="default", freezing=True),
     "int4wo_bf16_sdpa": Spec(attn="sdpa", dtype="bfloat16", quant="int4_weight_only"),
+    "int4wo_bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", quant="int4_weight_only",
+                                            cache="static", compile="default"),
     "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
     "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
                                   cuda_only=True),
@@ -187,6 +192,10 @@ class StaticDecoder:
     def __init__(self, model, compile_mode: str, freezing: bool = False):
         self.model = model
         self.caches: dict[tuple[int, int], object] = {}
+        # Dynamo keys its compiled graphs by code object: every decoder's `_step` shares one, and each (variant,
+        # batch size) is one graph of it, so the default limit of 8 would stop the third compiled variant at 3
+        # batch sizes ("hit config.recompile_limit").
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self.step = self._step if compile_mode == "none" else compiled(self._step, compile_mode, freezing,
                                                                        fullgraph=True, dynamic=False)
 
