@@ -631,7 +631,7 @@ def test_a_non_streaming_client_that_leaves_cancels_its_request(start, slow_step
 
 
 def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_chunk(start, tiny_model):
-    server = start()
+    server = start(linears="prepacked")  # a model of its own: no other test's server thread counts as a call
     calls = {"n": 0}
 
     def fail_on_fourth(module, args):
@@ -639,7 +639,7 @@ def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_chunk(start, ti
         if calls["n"] == 4:
             raise RuntimeError("injected failure")
 
-    handle = tiny_model[0].register_forward_pre_hook(fail_on_fourth)
+    handle = server.service.model.register_forward_pre_hook(fail_on_fourth)
     try:
         with httpx.stream("POST", f"{server.base_url}/v1/completions", timeout=30,
                           json={"prompt": "boom", "max_tokens": 10, "ignore_eos": True, "stream": True}) as reply:

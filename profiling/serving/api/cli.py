@@ -15,7 +15,8 @@ HELP = {
     "device": "auto | cpu | cuda",
     "dtype": "auto | float32 | bfloat16 | float16",
     "threads": "torch threads: auto (one per physical core) or N",
-    "quantize": "linear layers: " + " | ".join(QUANTIZE) + " (int8_dynamic: CPU only, approximate)",
+    "quantize": "linear layers: " + " | ".join(QUANTIZE) + " (int8_dynamic: CPU only, approximate; "
+                "int8_weight_only: fast with --dtype bfloat16, slow with float32 activations on a CPU)",
     "linears": "CPU linear layers: prepacked (oneDNN, weights packed once at start: fast at any batch) | aten "
                "(torch's F.linear)",
     "host": "address to listen on",
