@@ -172,38 +172,34 @@ def targets(table: pd.DataFrame, peers: list[dict], batch_sizes: list[int]) -> l
     found = []
     for key, (kind, peer_label, bound) in STEP_TARGETS.items():
         best, peer = fastest(candidates[kind]), measured.get((peer_label, small))
-        entry = {"key": key, "batch_size": small, "peer": peer_label, "bound": bound, "better": "lower",
-                 "ours": None if best is None else str(best["variant"]),
-                 "ours_token_match_ratio": None if best is None else float(best["token_match_ratio"]),
-                 "ours_value": None if best is None else float(best["step_p50_s"]),
-                 "peer_value": None if peer is None else peer["step_p50_s"], "ratio": None}
-        if best is None:
-            entry["verdict"] = "no_candidate"
-        elif peer is None or math.isnan(peer["step_p50_s"]):
-            entry["verdict"] = "no_peer"
-        else:
-            entry["ratio"] = entry["ours_value"] / entry["peer_value"]
-            entry["verdict"] = verdict(entry["ratio"], bound, "lower")
-        found.append(entry)
+        found.append(target_entry(key, small, peer_label, bound, "lower", best, peer, "step_p50_s"))
     key, bound = VLLM_TARGET
     for batch in (b for b in sorted(batch_sizes) if b != small):
         rows = table[table["available"] & (table["batch_size"] == batch)]
         best = fastest(rows)
         peer = measured.get(("vLLM compiled", batch)) or measured.get(("vLLM eager", batch))
-        entry = {"key": key, "batch_size": batch, "peer": peer["system"] if peer else "vLLM compiled",
-                 "bound": bound, "better": "higher", "ours": None if best is None else str(best["variant"]),
-                 "ours_token_match_ratio": None if best is None else float(best["token_match_ratio"]),
-                 "ours_value": None if best is None else float(best["decode_tok_per_s"]),
-                 "peer_value": None if peer is None else peer["decode_tok_per_s"], "ratio": None}
-        if best is None:
-            entry["verdict"] = "no_candidate"
-        elif peer is None or math.isnan(peer["decode_tok_per_s"]):
-            entry["verdict"] = "no_peer"
-        else:
-            entry["ratio"] = entry["ours_value"] / entry["peer_value"]
-            entry["verdict"] = verdict(entry["ratio"], bound, "higher")
-        found.append(entry)
+        found.append(target_entry(key, batch, peer["system"] if peer else "vLLM compiled", bound, "higher", best,
+                                  peer, "decode_tok_per_s"))
     return found
+
+
+def target_entry(key: str, batch: int, peer_label: str, bound: float, better: str, best, peer,
+                 column: str) -> dict:
+    """One measured target: our best row's `column` against the peer's (ratio ours / peer) and its verdict
+    (no_candidate without a variant of ours, no_peer without the yardstick's figure)."""
+    entry = {"key": key, "batch_size": batch, "peer": peer_label, "bound": bound, "better": better,
+             "ours": None if best is None else str(best["variant"]),
+             "ours_token_match_ratio": None if best is None else float(best["token_match_ratio"]),
+             "ours_value": None if best is None else float(best[column]),
+             "peer_value": None if peer is None else peer[column], "ratio": None}
+    if best is None:
+        entry["verdict"] = "no_candidate"
+    elif peer is None or math.isnan(peer[column]):
+        entry["verdict"] = "no_peer"
+    else:
+        entry["ratio"] = entry["ours_value"] / entry["peer_value"]
+        entry["verdict"] = verdict(entry["ratio"], bound, better)
+    return entry
 
 
 def yardsticks(measurements: pd.DataFrame, meta: dict, cfg: dict, table: pd.DataFrame, roof: float,
