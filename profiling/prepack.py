@@ -24,6 +24,16 @@ CHOICES = ("prepacked", "aten")
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out_features, in_features) reordered once into oneDNN's blocked layout (an opaque tensor)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) computed by oneDNN over `packed` = pack_weight(weight)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 class PrepackedLinear(nn.Module):
     """An nn.Linear run by oneDNN over a weight packed once (same inputs, outputs, weight and bias)."""
 
@@ -33,10 +43,10 @@ class PrepackedLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         # an opaque oneDNN tensor: neither a parameter nor a buffer (no data_ptr, never moved or saved)
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self._packed = pack_weight(linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        return packed_linear(x, self._packed, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \

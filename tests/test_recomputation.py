@@ -391,25 +391,26 @@ def d3_largest(run: Run) -> int:
     return max(ran)
 
 
+def d3_static_median(run, column: str, metric: str):
+    """(printed, recomputed) of the static batch table's `column` at the largest batch: the median of `metric`."""
+    batch = d3_largest(run)
+    shown = printed(run.cell("d3_batching", column, {"batch": batch}))
+    return shown, rows(d3_static(run, batch), metric).median()
+
+
 @figure("D3 static output tok/s, largest batch", "D3 static batch table, row batch=<max>, output tok/s p50")
 def d3_static_tok_per_s(run):
-    batch = d3_largest(run)
-    shown = printed(run.cell("d3_batching", "output tok/s p50", {"batch": batch}))
-    return shown, rows(d3_static(run, batch), "output_tok_per_s").median()
+    return d3_static_median(run, "output tok/s p50", "output_tok_per_s")
 
 
 @figure("D3 static TTFT p50, largest batch", "D3 static batch table, row batch=<max>, TTFT p50")
 def d3_static_ttft(run):
-    batch = d3_largest(run)
-    shown = printed(run.cell("d3_batching", "TTFT p50", {"batch": batch}))
-    return shown, rows(d3_static(run, batch), "ttft_s").median()
+    return d3_static_median(run, "TTFT p50", "ttft_s")
 
 
 @figure("D3 static TPOT p50, largest batch", "D3 static batch table, row batch=<max>, TPOT p50")
 def d3_static_tpot(run):
-    batch = d3_largest(run)
-    shown = printed(run.cell("d3_batching", "TPOT p50", {"batch": batch}))
-    return shown, rows(d3_static(run, batch), "tpot_s").median()
+    return d3_static_median(run, "TPOT p50", "tpot_s")
 
 
 @figure("D3 static e2e p95, largest batch", "D3 static batch table, row batch=<max>, e2e p95 (over every request)")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ...measure import OutOfMemoryGuard, RepeatPolicy, repeat_until_tight
-from ...prepack import PACKABLE_DTYPES, PrepackedLinear, available, is_prepacked
+from ...prepack import PACKABLE_DTYPES, PrepackedLinear, available, is_prepacked, pack_weight, packed_linear
 from ...timing import sync
 
 METRIC = "linear_pass_s"
@@ -64,7 +64,7 @@ def matrices_for(weights: list[torch.Tensor], kernel: str) -> list[tuple]:
     """(matrix, input width) per weight as `kernel` takes it: the weight itself (aten) or its oneDNN packing, made
     once here (prepacked, as PrepackedLinear does at load)."""
     if kernel == "prepacked":
-        return [(torch.ops.mkldnn._reorder_linear_weight(w, None), w.shape[1]) for w in weights]
+        return [(pack_weight(w), w.shape[1]) for w in weights]
     return [(w, w.shape[1]) for w in weights]
 
 
@@ -73,7 +73,7 @@ def aten_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def prepacked_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return packed_linear(x, packed)
 
 
 PRODUCTS = {"aten": aten_product, "prepacked": prepacked_product}

@@ -37,7 +37,7 @@ CATEGORIES = ["linear", "attention", "norm", "activation", "rotary", "embedding"
               "kv_cache", "other"]
 CATEGORY_LABELS = {"kv_cache": "KV concatenation/copy"}
 
-LINEAR_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm", "_linear_pointwise"}  # mkldnn::: prepacked
+LINEAR_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm", "_linear_pointwise"}  # mkldnn::_linear_pointwise: prepack.py
 ATTENTION_OPS = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                  "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward",

@@ -150,11 +150,21 @@ def capacity_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*runs.columns, "load", "within"]) if not rows else pd.DataFrame(rows)
 
 
+def swept(capacity: pd.DataFrame, server: str) -> pd.DataFrame:
+    """`server`'s rows of the sweep at finite rates, slowest first: the saturated run (every request at once,
+    rate inf) is not a rate of the sweep."""
+    rows = capacity[capacity["server"] == server] if len(capacity) else capacity
+    return rows[np.isfinite(rows["request_rate"].astype(float))].sort_values("request_rate") if len(rows) else rows
+
+
+def rate_label(row: dict | None) -> str | None:
+    """A run's request rate as the report names it (req/s, 2 decimals), None without the run."""
+    return rate_name(round(float(row["request_rate"]), 2)) if row else None
+
+
 def capacity_of(capacity: pd.DataFrame, server: str) -> float | None:
-    """The highest swept rate within capacity for `server` (0.0 when none is; None when it was not swept); the
-    saturated run (every request at once, rate inf) is not a rate of the sweep."""
-    sweep = capacity[capacity["server"] == server] if len(capacity) else capacity
-    sweep = sweep[np.isfinite(sweep["request_rate"].astype(float))] if len(sweep) else sweep
+    """The highest swept rate within capacity for `server` (0.0 when none is; None when it was not swept)."""
+    sweep = swept(capacity, server)
     if not len(sweep):
         return None
     within = sweep.loc[sweep["within"], "request_rate"]
@@ -271,20 +281,17 @@ def saturated_tok_per_s(capacity: pd.DataFrame, server: str) -> float | None:
 
 def capacity_at_top(capacity: pd.DataFrame, server: str) -> bool:
     """True when `server` met the SLOs at the sweep's highest rate: its capacity is at least that rate."""
-    rows = capacity[capacity["server"] == server] if len(capacity) else capacity
-    rows = rows[np.isfinite(rows["request_rate"].astype(float))] if len(rows) else rows
-    return bool(len(rows) and rows.sort_values("request_rate")["within"].iloc[-1])
+    rows = swept(capacity, server)
+    return bool(len(rows) and rows["within"].iloc[-1])
 
 
 # ---- targets and findings ------------------------------------------------------------------------------------
 def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame, capacity: pd.DataFrame,
             long: pd.DataFrame, cfg: dict) -> dict:
     """Every measured target ratio (None where a side was not measured)."""
-    sweep = capacity[capacity["server"] == "ours"] if len(capacity) else capacity
-    sweep = sweep[np.isfinite(sweep["request_rate"].astype(float))] if len(sweep) else sweep
-    swept = sweep.sort_values("request_rate").to_dict(orient="records") if len(sweep) else []
-    mid = swept[len(swept) // 2] if swept else None
-    middle = rate_name(round(mid["request_rate"], 2)) if mid else None
+    sweep = swept(capacity, "ours").to_dict(orient="records")
+    mid = sweep[len(sweep) // 2] if sweep else None
+    middle = rate_label(mid)
     mid_load = mid["variant"].removeprefix("continuous_") if mid else None
     ours_mid, ref_mid = _row(runs, f"continuous_{mid_load}"), _row(runs, f"vllm_{mid_load}")
     batch = decode_batch_p50(steps, f"continuous_{mid_load}")
@@ -298,9 +305,8 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
     capacity_censored = {server: capacity_at_top(capacity, server) for server in ("ours", "vllm")}
     policy_load = load_name(float(cfg["policy_load"]))
     continuous, static = _row(runs, f"continuous_{policy_load}"), _row(runs, f"static_{policy_load}")
-    policy_rate = rate_name(round(float(continuous["request_rate"]), 2)) if continuous else None
-    ablation = _row(runs, ablation_variants(cfg)[0][1])
-    ablation_rate = rate_name(round(float(ablation["request_rate"]), 2)) if ablation else None
+    policy_rate = rate_label(continuous)
+    ablation_rate = rate_label(_row(runs, ablation_variants(cfg)[0][1]))
     prefix_on, prefix_off = _row(runs, "prefix_on"), _row(runs, "prefix_off")
     ours_long = long[long["server"] == "ours"] if len(long) else long
     unchunked = ours_long[ours_long["budget"] == 0] if len(ours_long) else ours_long
