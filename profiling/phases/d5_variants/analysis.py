@@ -1,11 +1,12 @@
 """D5 analysis: the variant table, the timelines side by side, and the next directions ranked by headroom.
 
-Reads D5's measurements.csv, meta.json and traces, and D2's ceilings.json (the bandwidth roof; optional). Never
-runs the model. Writes:
+Reads D5's measurements.csv, meta.json and traces, D2's ceilings.json (the bandwidth roof; optional) and the
+model's config file (its shapes name the linear layers). Never runs the model. Writes:
 
     summary.csv     statistics of every timed metric per variant and batch size (stats.summary_table)
     variants.csv    the variant table: one row per variant and batch size (see `variant_table`)
-    findings.json   key numbers, the timelines and the ranked directions (the report words them)
+    step_split.csv  where the decode step of the best variant and of the reference goes (step_split.rows)
+    findings.json   key numbers, the timelines, the step split and the ranked directions (the report words them)
 
 Definitions (seconds, bytes, bytes/s, joules):
     step_p50_s             median over the timed generations of each one's median decode step (the D5 reference
@@ -19,9 +20,14 @@ Definitions (seconds, bytes, bytes/s, joules):
     roof_share             achieved_bandwidth / roof; roof = the highest bandwidth in D2's ceilings.json
     one_off_s              build_s + (warmup_s - warmup calls x e2e p50): loading, quantising, compiling, first calls
     energy_per_token_j     energy_j / (batch x output_tokens), median over repeats
-    host_overhead_share    1 - (operator self time in the decode steps) / (decode step wall time), from a trace;
-                           compiled variants are built with Inductor's kernel profiling on, so their fused
-                           kernels count as operators
+    host_overhead_share    host time / decode step wall time, from a trace (step_split.host_share: the wall time
+                           outside kernels; compiled variants are built with Inductor's kernel profiling on, so
+                           their fused kernels count as kernels, and Dynamo's guards and wrappers as host time)
+    step_split             per decode step of the traced run (batch 1), for the best variant at the smallest batch
+                           and the reference: kernel seconds by operator category, host seconds between kernels
+                           (they add up to the step's wall time), the weight bytes the linear layers read and the
+                           bandwidth they reach (bytes / their kernel seconds) against the roof; its verdict key
+                           `biggest` is the part that takes the most seconds (step_split.py)
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from ...stats import bootstrap_ratio_ci, precision, summarize, summary_table
 from ...trace_ops import operator_table, stage_spans  # the one import of the trace helpers
 from ..d2_bottlenecks.roof import bandwidth_roof as roof_bandwidth  # the machine's one roof
 from . import NAME as PHASE
+from . import step_split
 from .variants import REFERENCE
 from .yardsticks import PEERS, VLLM, yardsticks
 
@@ -176,7 +183,8 @@ def enclosing_stages(spans: pd.DataFrame) -> dict:
 
 def timeline(trace_path) -> dict:
     """From one variant's trace: decode steps, operators per step, seconds per step (span wall), host-overhead
-    share and operator self seconds per step by operator name (CPU operators; on CUDA kernels too)."""
+    share (step_split.host_share) and operator self seconds per step by operator name (CPU operators; on CUDA
+    kernels too)."""
     spans = stage_spans(trace_path)
     decode = spans[spans["name"].str.startswith("decode_step[")]
     steps = len(decode)
@@ -193,7 +201,7 @@ def timeline(trace_path) -> dict:
         "decode_steps": steps,
         "step_wall_s": wall / steps,
         "operators_per_step": float(cpu["calls"].sum()) / steps,
-        "host_overhead_share": 1.0 - float(cpu["self_s"].sum()) / wall,
+        "host_overhead_share": step_split.host_share(trace_path),
         "kernels_per_step": float(in_decode.loc[in_decode["device"] == "cuda", "calls"].sum()) / steps,
         "op_self_s_per_step": {f"{device}:{op}": float(s) for (device, op), s in per_op.items()},
     }
@@ -267,6 +275,33 @@ def thread_scaling_direction(one_thread: pd.Series, all_threads: pd.Series) -> d
                         "efficiency": one_thread["step_p50_s"] / all_threads["step_p50_s"] / threads}}
 
 
+# ---- where the decode step goes ----------------------------------------------------------------------------------
+def step_splits(traces: dict, best: str, shapes, roof: dict) -> dict:
+    """variant -> step_split.summary of its trace, for the best variant and the reference (those with a trace that
+    has decode steps), best first."""
+    splits = {}
+    for name in dict.fromkeys([best, REFERENCE]):
+        split = step_split.step_split(traces[name], shapes) if name in traces else None
+        if split is not None:
+            splits[name] = step_split.summary(split, roof["bytes_per_s"])
+    return splits
+
+
+def step_split_findings(splits: dict, best: str) -> dict | None:
+    """findings.json's step_split (None when the best variant has no traced decode step): the variants shown (best
+    first), the parts in table order, each variant's summary (by_variant; its `biggest` is the verdict key)."""
+    if best not in splits:
+        return None
+    return {"best": best, "reference": REFERENCE, "variants": list(splits),
+            "parts": step_split.PARTS + [step_split.HOST], "by_variant": splits}
+
+
+def step_split_table(splits: dict) -> pd.DataFrame:
+    """step_split.csv: step_split.rows of every variant in `splits` (only the header without any)."""
+    table = [row for name, entry in splits.items() for row in step_split.rows(name, entry)]
+    return pd.DataFrame(table, columns=step_split.COLUMNS)
+
+
 # ---- findings ----------------------------------------------------------------------------------------------------
 def fastest_at(table: pd.DataFrame, batch: int) -> str | None:
     """The available variant with the highest end-to-end output tok/s at `batch` (None when none has one)."""
@@ -293,7 +328,7 @@ def against_vllm(measurements: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
 
 
 def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: dict, timelines: dict,
-             batch_sizes: list[int], cfg: dict) -> dict:
+             batch_sizes: list[int], cfg: dict, splits: dict) -> dict:
     small = min(batch_sizes)
     best = best_variant(table, small)
     ranked = directions(table, timelines, best, batch_sizes, roof)
@@ -333,6 +368,7 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
             "reference": REFERENCE, "best": best,
             "moved_operators": moved_operators(timelines.get(REFERENCE, {}), timelines.get(best, {}),
                                                cfg.get("top_ops", 8))},
+        "step_split": step_split_findings(splits, best),
         "directions": ranked,
         "vllm_offline": {**meta["notes"].get("vllm_offline", {"measured": False}),
                          "against_best": against_vllm(measurements, table)},
@@ -352,9 +388,10 @@ def traces_by_variant(meta: dict, traces: list) -> dict:
 
 
 def analyze(settings: dict, measurements_path, meta_path, ceilings_path, traces: list, summary_path,
-            variants_table_path, findings_path) -> None:
-    """Write summary.csv, variants.csv and findings.json from D5's files (and D2's ceilings.json when given).
-    `traces` are the experiment's trace paths (matched to variants through meta.json)."""
+            variants_table_path, findings_path, step_split_path=None) -> None:
+    """Write summary.csv, variants.csv, findings.json and (when given a path) step_split.csv from D5's files (and
+    D2's ceilings.json when given). `traces` are the experiment's trace paths (matched to variants through
+    meta.json); with traces, the model's config file gives its shapes (settings["model"])."""
     cfg = settings[PHASE]
     measurements = pd.read_csv(measurements_path)
     meta = read_json(meta_path)
@@ -363,14 +400,20 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, traces:
     batch_sizes = [int(b) for b in cfg["batch_sizes"]]
     table = variant_table(measurements, meta, roof["bytes_per_s"], batch_sizes, cfg["warmup"],
                           meta["notes"].get("repeat_policy"))
-    timelines = {name: timeline(path) for name, path in traces_by_variant(meta, traces).items()}
+    traced = traces_by_variant(meta, traces)
+    timelines = {name: timeline(path) for name, path in traced.items()}
     timelines = {name: t for name, t in timelines.items() if t.get("decode_steps")}
+    shapes = step_split.model_shapes(settings["model"]) if timelines else None
+    splits = step_splits(traced, best_variant(table, min(batch_sizes)), shapes, roof) if timelines else {}
     by = ["variant", *[knob for knob in ("quant", "mode") if knob in measurements], "batch_size", "metric"]
     summary = summary_table(timed_rows(measurements), by, settings["cv_warn"])  # the peers' settings apart
-    with staged(summary_path, variants_table_path, findings_path) as (summary_tmp, table_tmp, findings_tmp):
+    outputs = [summary_path, variants_table_path, findings_path] + ([step_split_path] if step_split_path else [])
+    with staged(*outputs) as (summary_tmp, table_tmp, findings_tmp, *split_tmp):
         summary.to_csv(summary_tmp, index=False)
         table.to_csv(table_tmp, index=False)
-        write_json(findings_tmp, findings(measurements, meta, table, roof, timelines, batch_sizes, cfg))
+        write_json(findings_tmp, findings(measurements, meta, table, roof, timelines, batch_sizes, cfg, splits))
+        for path in split_tmp:
+            step_split_table(splits).to_csv(path, index=False)
 
 
 # ---- command line (python -m profiling d5_variants_analysis) -----------------------------------------------------
@@ -385,8 +428,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--summary", required=True)
     parser.add_argument("--variants-table", required=True)
     parser.add_argument("--findings", required=True)
+    parser.add_argument("--step-split", default=None, help="step_split.csv: where the best variant's step goes")
 
 
 def cli(args) -> None:
     analyze(args.settings, args.measurements, args.meta, args.ceilings, args.traces, args.summary,
-            args.variants_table, args.findings)
+            args.variants_table, args.findings, args.step_split)

@@ -1,5 +1,6 @@
 # D5 variants (see experiment.py beside this file): optimisation variants on the D1 request against the float32
-# eager reference, one trace each; then the variant table, the timelines side by side and the ranked directions.
+# eager reference, one trace each; then the variant table, the timelines side by side, where the best variant's decode
+# step goes and the ranked directions.
 
 D5_VARIANTS_TRACES = expand(f"{RUN}/traces/d5_variants/{{variant}}.json.gz",
                             variant=CONFIG["d5_variants"]["variants"], allow_missing=True)
@@ -34,10 +35,12 @@ rule d5_variants_analysis:
         meta=rules.d5_variants.output.meta,
         traces=D5_VARIANTS_TRACES,
         roofs=D5_ROOFS,
+        model=model_files,  # the model's config file: its shapes name the linear layers of the step split
     output:
         summary=f"{RUN}/data/d5_variants/summary.csv",
         variants=f"{RUN}/data/d5_variants/variants.csv",
         findings=f"{RUN}/data/d5_variants/findings.json",
+        step_split=f"{RUN}/data/d5_variants/step_split.csv",
     params:
         settings=settings("d5_variants"),
         ceilings=lambda wildcards, input: f"--ceilings {input.roofs[0]}" if input.roofs else "",
@@ -46,7 +49,8 @@ rule d5_variants_analysis:
     shell:
         "{PROFILING} d5_variants_analysis --settings {params.settings:q} --measurements {input.measurements}"
         " --meta {input.meta} {params.ceilings} --traces {input.traces} --summary {output.summary}"
-        " --variants-table {output.variants} --findings {output.findings} 2>&1 | tee {log}"
+        " --variants-table {output.variants} --findings {output.findings} --step-split {output.step_split}"
+        " 2>&1 | tee {log}"
 
 
 REPORT_INPUTS.extend([*rules.d5_variants_analysis.output, rules.d5_variants.output.meta,

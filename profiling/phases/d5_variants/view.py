@@ -91,5 +91,6 @@ def view(reports: Path, figures: Path) -> dict | None:
                    for variant, name in files["meta.json"]["notes"]["traces"].items()],
         "measurements": (DATA / "measurements.csv").as_posix(),
         "variants_csv": (DATA / "variants.csv").as_posix(),
+        "step_split_csv": (DATA / "step_split.csv").as_posix() if (reports / DATA / "step_split.csv").exists() else None,
         "record": f"records/{PHASE}.txt",
     }
