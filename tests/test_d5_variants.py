@@ -28,13 +28,17 @@ def d5_settings(variants, batch_sizes=(1, 2)):
     config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1})
     return {**run_config(config), "d5_variants": {
         "variants": list(variants), "prompt": "Why is the sky blue?", "chat_template": False,
-        "batch_sizes": list(batch_sizes), "max_new_tokens": 4, "warmup": 1, "repeats": 2, "trace_decode_steps": 2}}
+        "batch_sizes": list(batch_sizes), "compiled_batch_sizes": [1], "max_new_tokens": 4, "warmup": 1, "repeats": 2,
+        "trace_decode_steps": 2}}
 
 
 def test_experiment_writes_every_variant_as_rows_or_unavailable(provisioned, monkeypatch):
     # a variant whose build fails (an attention implementation that does not exist) must become a row too
     monkeypatch.setitem(V.CATALOG, "broken", V.Spec(attn="no_such_attention"))
-    names = ["reference", "sdpa", "int8wo_bf16", "static", "cuda_graphs", "broken"]
+    # a compiled variant (its compilation skipped: too slow for a unit test) runs at compiled_batch_sizes only
+    monkeypatch.setitem(V.CATALOG, "compiled", V.Spec(cache="static", compile="default"))
+    monkeypatch.setattr(V, "compiled", lambda fn, mode, freezing, **kwargs: fn)
+    names = ["reference", "sdpa", "int8wo_bf16", "static", "cuda_graphs", "broken", "compiled"]
     settings = d5_settings(names)
     out = provisioned / "out"
     traces = [out / "traces" / f"{name}.json.gz" for name in names]
@@ -57,6 +61,10 @@ def test_experiment_writes_every_variant_as_rows_or_unavailable(provisioned, mon
         for metric in ("build_s", "peak_memory_bytes", "step_weight_bytes", "warmup_s", "token_match_ratio",
                        "first_logit_max_abs_diff", "step_kv_bytes", "output_tok_per_s", "prefill_s"):
             assert metric in set(frame.loc[frame["variant"] == name, "metric"]), (name, metric)
+    compiled_steps = timed[(timed["variant"] == "compiled") & (timed["metric"] == "decode_step_s")]
+    assert set(compiled_steps["batch_size"]) == {1}
+    assert meta["notes"]["not_run"] == {"compiled": {"batch_sizes": [2], "reason": d5_experiment.not_run_reason(
+        settings["d5_variants"])}}
     match = frame[frame["metric"] == "token_match_ratio"].set_index(["variant", "batch_size"])["value"]
     assert match[("reference", 1)] == 1.0 and match[("sdpa", 1)] == 1.0 and match[("static", 2)] == 1.0
     weights = frame[frame["metric"] == "step_weight_bytes"].set_index("variant")["value"]
@@ -72,7 +80,7 @@ def test_experiment_writes_every_variant_as_rows_or_unavailable(provisioned, mon
         assert {"prefill"} | steps <= spans, (name, spans)
         assert any(e.get("cat") == "cpu_op" for e in events), name
     traced = frame[frame["traced"] == 1]
-    assert set(traced["variant"]) == {"reference", "sdpa", "int8wo_bf16", "static"}
+    assert set(traced["variant"]) == {"reference", "sdpa", "int8wo_bf16", "static", "compiled"}
 
 
 def test_eager_sdpa_and_static_cache_give_the_same_greedy_tokens(provisioned):
@@ -144,7 +152,8 @@ def hand_made_rows(path):
 def test_analysis_computes_speedups_and_roof_shares_from_hand_made_rows(tmp_path):
     hand_made_rows(tmp_path / "measurements.csv")
     (tmp_path / "meta.json").write_text(json.dumps({"notes": {
-        "unavailable": {"cuda_graphs": "needs a CUDA GPU (this run is on cpu)"}, "traces": {}}}))
+        "unavailable": {"cuda_graphs": "needs a CUDA GPU (this run is on cpu)"}, "traces": {},
+        "not_run": {"fast": {"batch_sizes": [8], "reason": "compiled variants run at batch 1 only"}}}}))
     (tmp_path / "ceilings.json").write_text(json.dumps({"ceilings": {
         "memory_bandwidth": {"bytes_per_s": 1.0e10, "bytes_per_s_range": [0.8e10, 1.2e10]},
         "memory_read": {"bytes_per_s": 1.5e10, "bytes_per_s_range": [1.0e10, 2.0e10]},
@@ -165,11 +174,13 @@ def test_analysis_computes_speedups_and_roof_shares_from_hand_made_rows(tmp_path
     assert fast["one_off_s"] == pytest.approx(0.5 + 1.0 - 6 * 0.04)
     assert fast["decode_tok_per_s"] == pytest.approx(1 / 0.04)
     assert not table.loc[("cuda_graphs", 1), "available"]
+    assert not table.loc[("fast", 8), "available"] and table.loc[("fast", 8), "reason"].startswith("compiled")
 
     findings = json.loads(outputs[2].read_text())
     assert findings["best_variant"] == "fast"
     assert findings["best_speedup_b1"] == pytest.approx(2.5)
     assert findings["roof_source"] == "memory_read"
+    assert findings["not_run"] == {"fast": [8]}
     sentence = answer(environment(), "d5_variants", findings, "directions")
     assert "the best variant, fast, 2.50× faster" in sentence and "; next: " in sentence
     assert findings["directions"]

@@ -139,15 +139,19 @@ def variant_row(rows: pd.DataFrame, variant: str, batch: int, roof: float, warmu
 def variant_table(measurements: pd.DataFrame, meta: dict, roof: float, batch_sizes: list[int],
                   warmup: int, policy: dict | None = None) -> pd.DataFrame:
     """One row per variant (config order) and batch size; an unavailable variant has one row per batch size with
-    available False and its reason."""
+    available False and its reason, and so has a variant at a batch size it did not run at (meta's `not_run`)."""
     rows = timed_rows(measurements)
     unavailable = meta["notes"].get("unavailable", {})
+    not_run = meta["notes"].get("not_run", {})
     table = []
     for variant in variant_order(measurements):
         for batch in batch_sizes:
             if variant in unavailable:
                 table.append({"variant": variant, "batch_size": batch, "available": False,
                               "reason": unavailable[variant]})
+            elif batch in not_run.get(variant, {}).get("batch_sizes", []):
+                table.append({"variant": variant, "batch_size": batch, "available": False,
+                              "reason": not_run[variant]["reason"]})
             else:
                 table.append(variant_row(rows, variant, batch, roof, warmup, policy))
     return pd.DataFrame(table)
@@ -342,6 +346,7 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
         "reference": REFERENCE,
         "best_variant": best,
         "batch_sizes": batch_sizes,
+        "compiled_batch_sizes": cfg.get("compiled_batch_sizes", batch_sizes),
         "best_speedup_b1": float(at.loc[(best, small), "speedup"]),
         "best_speedup_b1_ci95": [float(at.loc[(best, small), "speedup_ci95_low"]),
                                  float(at.loc[(best, small), "speedup_ci95_high"])],
@@ -353,6 +358,8 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
         "roof_note": None if roof["source"] else "no D2 ceilings.json: roof shares are not computed",
         "targets": {"speedup_b1": cfg.get("target_speedup", 2.5), "roof_share_b1": cfg.get("target_roof_share", 0.7)},
         "unavailable": meta["notes"].get("unavailable", {}),
+        # compiled variants not run at some batch sizes: variant -> those batch sizes
+        "not_run": {name: entry["batch_sizes"] for name, entry in meta["notes"].get("not_run", {}).items()},
         "energy_note": meta["notes"].get("energy_unavailable_reason"),
         # joules per output token of the best variant at the smallest batch, or the meter that is missing
         "energy": {**energy_per_token(best_b1, meta["notes"].get("energy", {})),

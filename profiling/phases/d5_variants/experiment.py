@@ -7,7 +7,8 @@ copies of the request, so there is no padding).
    (CUDA-only on a CPU, or a build that fails) gets one `unavailable` row and its reason in meta.json, never a
    crash. Building (load + quantise) is `build_s`; the peak memory of build + warm-up is `peak_memory_bytes`.
 2. Warm-up per batch size: untimed generations until the decode steps settle, at least `warmup` (torch.compile
-   compiles here): `warmup_s`, `warmup_calls`.
+   compiles here): `warmup_s`, `warmup_calls`. A compiled variant runs only at `compiled_batch_sizes` (its decode
+   step is compiled anew for each batch size: 30-60 s each on 2 cores); meta.json's `not_run` says so.
 3. Timed rounds per batch size until every variant's median decode step is tight (measure.RepeatPolicy: at least
    the run-wide min_repeats, at most `repeats`); each round runs every variant once, the reference included, in an
    order rotated by one each round, so slow drift of a shared machine falls on all variants alike. Every timed
@@ -69,6 +70,21 @@ def kv_bytes_per_step(config, spec: V.Spec, batch: int, prompt_tokens: int, max_
 
 
 # ---- build and warm up -------------------------------------------------------------------------------------------
+def batches_of(spec: V.Spec, cfg: dict) -> list[int]:
+    """The batch sizes a variant runs at: all of `batch_sizes`, or for a compiled variant those also in
+    `compiled_batch_sizes` (each batch size compiles its decode step anew)."""
+    if spec.compile == "none":
+        return list(cfg["batch_sizes"])
+    return [batch for batch in cfg["batch_sizes"] if batch in cfg["compiled_batch_sizes"]]
+
+
+def not_run_reason(cfg: dict) -> str:
+    """Why a compiled variant has no row at a batch size outside `compiled_batch_sizes`."""
+    sizes = ", ".join(str(batch) for batch in cfg["compiled_batch_sizes"]) or "none"
+    return (f"compiled variants run at batch {sizes} only (compiled_batch_sizes): each batch size compiles the "
+            f"decode step anew")
+
+
 def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: dict, rows: Measurements,
                    policy: RepeatPolicy):
     """Build variant `name` and run its warm-up generations at every batch size, inside one PeakMemory window.
@@ -84,6 +100,8 @@ def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: di
             built = V.build(name, settings["model"], device)
             warm_s, warm_calls = {}, {}
             for batch, (input_ids, attention_mask) in inputs.items():
+                if batch not in batches_of(spec, cfg):
+                    continue
                 sync(device)
                 start = time.perf_counter()
 
@@ -199,13 +217,16 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
     if V.REFERENCE not in built:
         raise RuntimeError(f"the reference could not be built: {unavailable.get(V.REFERENCE)}")
 
-    outputs = {}
+    outputs, not_run = {}, {}
     for batch, (input_ids, attention_mask) in inputs.items():
         knobs = {"batch_size": batch, "prompt_tokens": prompt_tokens, "max_new_tokens": cfg["max_new_tokens"],
                  "traced": 0}
-        first_tokens = timed_rounds(built, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs, policy)
-        record_agreement(built, first_tokens, input_ids, attention_mask, rows, {"batch_size": batch})
-        for name, variant in built.items():
+        here = {name: variant for name, variant in built.items() if batch in batches_of(variant.spec, cfg)}
+        for name in built.keys() - here.keys():
+            not_run.setdefault(name, {"batch_sizes": [], "reason": not_run_reason(cfg)})["batch_sizes"].append(batch)
+        first_tokens = timed_rounds(here, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs, policy)
+        record_agreement(here, first_tokens, input_ids, attention_mask, rows, {"batch_size": batch})
+        for name, variant in here.items():
             kv = kv_bytes_per_step(variant.model.config, variant.spec, batch, prompt_tokens, cfg["max_new_tokens"])
             rows.add(name, 0, "step_kv_bytes", kv, request_id=RUN_ROW, batch_size=batch)
         if batch == cfg["batch_sizes"][0]:
@@ -234,6 +255,7 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
             "reference": V.REFERENCE,
             "variants": {name: variant.describe() for name, variant in built.items()},
             "unavailable": unavailable,
+            "not_run": not_run,  # variant -> {batch_sizes: [...], reason}: built, but not run at those batch sizes
             "traces": {name: str(trace_of[name]).rsplit("/", 1)[-1] for name in cfg["variants"]},
             "prompt": cfg["prompt"],
             "prompt_text": text,
