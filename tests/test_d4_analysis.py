@@ -155,3 +155,17 @@ def test_runs_share_a_server_only_when_every_switch_matches():
     assert ablation_variants(cfg)[-1] == ("prefix", "continuous_100pct")  # no lever set
     assert ablation_variants({**cfg, "lever": "auto"})[-1] == ("lever", "ablation_lever")
     assert [run.variant for run in reference_runs(cfg)][:3] == ["vllm_sat", "vllm_50pct", "vllm_100pct"]
+
+
+def test_ablation_runs_only_the_configured_steps():
+    cfg = {**CFG, "capacity_loads": [0.5, 1.0], "shared_prefix": {"rate_req_per_s": 0.5},
+           "long_prompts": {"budgets": [0, 256]}, "tenants": {"enabled": False}, "lever": "auto",
+           "ablation_steps": ["paged", "chunked", "prefix"]}
+    assert ablation_variants(cfg) == [("paged", "ablation_paged"), ("chunked", "ablation_chunked"),
+                                      ("prefix", "continuous_100pct")]
+    names = {run.variant for run in our_runs(cfg)}
+    assert {"ablation_paged", "ablation_chunked"} <= names
+    assert not names & {"ablation_slab", "ablation_kernels", "ablation_lever"}
+    # the lever step needs a lever
+    assert ablation_variants({**cfg, "ablation_steps": ["slab", "lever"], "lever": "none"}) == [
+        ("slab", "ablation_slab")]

@@ -306,7 +306,8 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
     policy_load = load_name(float(cfg["policy_load"]))
     continuous, static = _row(runs, f"continuous_{policy_load}"), _row(runs, f"static_{policy_load}")
     policy_rate = rate_label(continuous)
-    ablation_rate = rate_label(_row(runs, ablation_variants(cfg)[0][1]))
+    ablation = ablation_variants(cfg)
+    ablation_rate = rate_label(_row(runs, ablation[0][1])) if ablation else None
     prefix_on, prefix_off = _row(runs, "prefix_on"), _row(runs, "prefix_off")
     ours_long = long[long["server"] == "ours"] if len(long) else long
     unchunked = ours_long[ours_long["budget"] == 0] if len(ours_long) else ours_long

@@ -104,8 +104,8 @@ def our_runs(cfg: dict) -> list[Run]:
     runs = [replace(best, variant=f"continuous_{load_name(load)}", load=load)
             for load in [SATURATED, *sweep_loads(cfg)]]
     ablation_load = float(cfg["ablation_load"])
-    runs += [replace(steps[step], variant=f"ablation_{step}", load=ablation_load) for step in steps
-             if step != "lever" or has_lever(cfg)]
+    runs += [replace(steps[step], variant=variant, load=ablation_load) for step, variant in ablation_variants(cfg)
+             if step in steps]
     policy_load = float(cfg["policy_load"])
     runs += [replace(best, variant=f"{policy}_{load_name(policy_load)}", policy=policy, load=policy_load)
              for policy in cfg["policies"] if policy != "continuous"]
@@ -122,12 +122,16 @@ def our_runs(cfg: dict) -> list[Run]:
     return sorted(runs, key=lambda run: order.index(run.server_key))
 
 
+ABLATION_STEPS = ("slab", "kernels", "paged", "chunked", "prefix", "lever")  # the table's order
+
+
 def ablation_variants(cfg: dict) -> list[tuple[str, str]]:
-    """(step, run variant) of the ablation table in order: each idea added to the one before."""
+    """(step, run variant) of the ablation table in order, each idea added to the one before: the configured
+    `ablation_steps` (lever only when a lever is set; prefix is the sweep's run at the ablation load)."""
     load = load_name(float(cfg["ablation_load"]))
-    rows = [("slab", "ablation_slab"), ("kernels", "ablation_kernels"), ("paged", "ablation_paged"), ("chunked", "ablation_chunked"),
-            ("prefix", f"continuous_{load}")]
-    return rows + ([("lever", "ablation_lever")] if has_lever(cfg) else [])
+    chosen = set(cfg.get("ablation_steps", ABLATION_STEPS)) - (set() if has_lever(cfg) else {"lever"})
+    return [(step, f"continuous_{load}" if step == "prefix" else f"ablation_{step}")
+            for step in ABLATION_STEPS if step in chosen]
 
 
 def reference_runs(cfg: dict) -> list[Run]:
