@@ -239,9 +239,9 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
     saturated = {}  # server -> requests / duration of its run with every request at once (req/s)
 
     def drive(run: LoadRun, base_url: str) -> tuple[float, float]:
-        """One run against a started server; returns its window (perf_counter seconds, the servers' clock too).
-        Random-workload rates are shares of our server's saturated rate (its saturated run comes first)."""
-        started = time.perf_counter()
+        """One run against a started server; returns its window (perf_counter seconds, the servers' clock too)
+        from its first timed request (its warm-up requests are outside it) to its end. Random-workload rates are
+        shares of our server's saturated rate (its saturated run comes first)."""
         run = resolve_rate(run, saturated.get("ours"))
         load, script = workload(cfg, run, tokenizer, settings["seed"])
         model_name = first_model(base_url)
@@ -257,7 +257,7 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
             saturated[run.server] = int(frame["success"].sum()) / result.duration_s
             notes["saturated_req_per_s"] = dict(saturated)
         progress.update(1)
-        return started, time.perf_counter()
+        return result.start_s, time.perf_counter()
 
     for key, group in itertools.groupby(ours, key=lambda run: run.server_key):
         group = list(group)

@@ -281,6 +281,7 @@ class LoadResult:
     records: list[RequestRecord]
     duration_s: float
     result: dict
+    start_s: float = math.nan  # perf_counter when the timed requests began (after the warm-up requests)
 
     def requests_frame(self) -> pd.DataFrame:
         """One row per request; itl_s as a JSON list (seconds)."""
@@ -361,7 +362,7 @@ async def run_load_async(base_url: str, model_name: str, settings: LoadSettings,
         records = list(await asyncio.gather(*tasks))
         duration = time.perf_counter() - run_start
     result = bench_result(records, duration, settings, model_id=model_name, label=label, tokenizer_id=tokenizer_id)
-    return LoadResult(settings=settings, records=records, duration_s=duration, result=result)
+    return LoadResult(settings=settings, records=records, duration_s=duration, result=result, start_s=run_start)
 
 
 def run_load(base_url: str, model_name: str | None, settings: LoadSettings, tokenizer, label: str = "",
