@@ -11,6 +11,8 @@ import gzip
 import json
 import re
 from bisect import bisect_right
+from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 
@@ -18,8 +20,14 @@ STEP_INDEX = re.compile(r"\[\d+\]$")
 
 
 def load_events(path) -> list[dict]:
-    """All complete ('X') events of a gzip (or plain) Chrome trace."""
-    opener = gzip.open if str(path).endswith(".gz") else open
+    """All complete ('X') events of a gzip (or plain) Chrome trace. An analysis reads one trace several times
+    (stages, operators, categories), so the last few are kept: callers must not modify the events."""
+    return _load_events(str(path), Path(path).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _load_events(path: str, mtime_ns: int) -> list[dict]:
+    opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt") as f:
         trace = json.load(f)
     return [event for event in trace["traceEvents"] if event.get("ph") == "X"]

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from ...measure import OutOfMemoryGuard, RepeatPolicy, repeat_until_tight
 from ...prepack import PACKABLE_DTYPES, PrepackedLinear, available, is_prepacked, pack_weight, packed_linear
 from ...timing import sync
+from .shape_curve import METRIC
 
-METRIC = "linear_pass_s"
 ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # the ones the verdict reads
 
 
