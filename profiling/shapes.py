@@ -4,7 +4,14 @@ Used by the KV-cache experiment (cache size) and the D2 analytic model (FLOPs an
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+# config.json keys that Shapes reads; a file with all of them is read as plain JSON (no transformers import)
+CONFIG_KEYS = {"num_attention_heads", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size",
+               "tie_word_embeddings"}
 
 
 @dataclass(frozen=True)
@@ -39,3 +46,17 @@ def kv_cache_bytes(shapes: Shapes, tokens: int, batch: int, bytes_per_element: i
     """Bytes of the KV cache holding `tokens` positions for `batch` sequences:
     2 (K and V) x layers x kv_heads x head_dim x tokens x batch x bytes per element."""
     return 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * tokens * batch * bytes_per_element
+
+
+def model_shapes(source: str) -> Shapes:
+    """The shapes of the model at `source` (a model directory or a Hugging Face id), from its config alone (no
+    weights): its config.json as plain JSON when it names every key Shapes reads (an analysis then needs no
+    transformers import, ~2-3 s), else transformers' AutoConfig (which fills in defaults)."""
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        if CONFIG_KEYS <= config.keys():
+            return Shapes.from_config(SimpleNamespace(**config))
+    from transformers import AutoConfig
+
+    return Shapes.from_config(AutoConfig.from_pretrained(source))

@@ -10,6 +10,7 @@ from .. import WallRow
 
 NAME = "d5_variants"  # folder, config section, command, data/trace directory, figure prefix, anchor
 CHAPTER = "D5"
+REFERENCE = "reference"  # the float32 eager variant every other is measured against
 TITLE = {"en": "Next steps: optimisation variants", "zh": "延伸方向：优化变体"}
 QUESTION = {"en": "Where do I dig next?", "zh": "下一步怎么深挖？"}
 WALL = [

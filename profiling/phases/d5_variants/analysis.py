@@ -45,7 +45,7 @@ from ...trace_ops import operator_table, stage_spans  # the one import of the tr
 from ..d2_bottlenecks.roof import bandwidth_roof as roof_bandwidth  # the machine's one roof
 from . import NAME as PHASE
 from . import step_split
-from .variants import REFERENCE
+from . import REFERENCE
 from .yardsticks import PEERS, VLLM, yardsticks
 
 ENGINE_STAGE = r"^(tokenize|prefill|decode_step\[\d+\]|detokenize)$"  # the engine's span labels

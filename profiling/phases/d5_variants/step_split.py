@@ -88,11 +88,10 @@ ELEMENT_BYTES = {"double": 8, "float": 4, "c10::BFloat16": 2, "c10::Half": 2, "l
 # ---- the model's shapes ------------------------------------------------------------------------------------------
 def model_shapes(model: str) -> Shapes:
     """The model's shapes, from its config file only (no weights loaded)."""
-    from transformers import AutoConfig
-
     from ...model import model_source
+    from ...shapes import model_shapes as shapes_of
 
-    return Shapes.from_config(AutoConfig.from_pretrained(model_source(model)))
+    return shapes_of(model_source(model))
 
 
 def layer_kinds(shapes: Shapes) -> dict:

@@ -39,8 +39,8 @@ from ...engine import generate
 from ...model import model_source
 from ...quantize import quantize_int4_weight_only, quantize_int8_dynamic, quantize_int8_weight_only
 from ...timing import StageClock, sync
+from . import REFERENCE
 
-REFERENCE = "reference"
 RECOMPILE_LIMIT = 64  # compiled decode-step graphs kept (variants x batch sizes x cache lengths)
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ...metrics import per_repeat
 from ...stats import summarize
-from .variants import REFERENCE
+from . import REFERENCE
 
 LLAMA_CPP, VLLM = "llama.cpp", "vllm_offline"  # the peers' variant names in measurements.csv
 PEERS = {LLAMA_CPP: ("quant", "llama.cpp"), VLLM: ("mode", "vLLM")}  # variant -> (setting knob, label)
