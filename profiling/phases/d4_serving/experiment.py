@@ -158,7 +158,7 @@ def our_server(server: ServerSettings, log_path: Path):
         reader.join(timeout=5)
 
 
-def workload(cfg: dict, run: LoadRun, tokenizer, seed: int) -> tuple[LoadSettings, dict]:
+def workload(cfg: dict, run: LoadRun, tokenizer, seed: int, warm: bool = False) -> tuple[LoadSettings, dict]:
     """The load of one run: its settings and run_load_async's prompts (and, for the long-prompt workload, its
     arrival times and output lengths). The warm-up prompts come last (spare ones that share no prefix). Prompts
     are drawn from `seed` and the workload and rate, so runs at one load (ours, vLLM's, each ablation step) see
@@ -166,7 +166,8 @@ def workload(cfg: dict, run: LoadRun, tokenizer, seed: int) -> tuple[LoadSetting
     load = load_name(run.load) if run.load is not None else rate_name(run.rate)
     seed += zlib.crc32(f"{run.workload}@{load}".encode()) % 100_000
     tenants, slo = cfg["tenants"], {"slo_ttft_ms": cfg["slo_ttft_s"] * 1e3, "slo_tpot_ms": cfg["slo_tpot_s"] * 1e3}
-    common = {"burstiness": cfg["burstiness"], "seed": seed, "warmup_requests": cfg["warmup_requests"], **slo}
+    common = {"burstiness": cfg["burstiness"], "seed": seed, "warmup_requests": 0 if warm else cfg["warmup_requests"],
+              **slo}
     spare = max(cfg["warmup_requests"], 1)
     if run.workload == "prefix":
         shared = cfg["shared_prefix"]
@@ -238,12 +239,13 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
     progress = tqdm(total=len(ours) + len(theirs), desc="d4 serving", unit="run")
     saturated = {}  # server -> requests / duration of its run with every request at once (req/s)
 
-    def drive(run: LoadRun, base_url: str) -> tuple[float, float]:
+    def drive(run: LoadRun, base_url: str, warm: bool) -> tuple[float, float]:
         """One run against a started server; returns its window (perf_counter seconds, the servers' clock too)
-        from its first timed request (its warm-up requests are outside it) to its end. Random-workload rates are
-        shares of our server's saturated rate (its saturated run comes first)."""
+        from its first timed request (its warm-up requests are outside it) to its end. The first run on a server
+        sends the warm-up requests first; a `warm` server (one that has served a run) needs none. Random-workload
+        rates are shares of our server's saturated rate (its saturated run comes first)."""
         run = resolve_rate(run, saturated.get("ours"))
-        load, script = workload(cfg, run, tokenizer, settings["seed"])
+        load, script = workload(cfg, run, tokenizer, settings["seed"], warm)
         model_name = first_model(base_url)
         result = asyncio.run(run_load_async(base_url, model_name, load, label=run.variant, **script))
         result.add_rows(rows, run.variant, 0, run.server, run.policy)
@@ -268,9 +270,9 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
         windows = {}
         with our_server(server, work / f"{first}.log") as base_url:
             startup_s = time.perf_counter() - started
-            for load_run in group:
+            for index, load_run in enumerate(group):
                 notes["servers"][load_run.variant] = {**server.as_dict(), "startup_s": startup_s}
-                windows[load_run.variant] = drive(load_run, base_url)
+                windows[load_run.variant] = drive(load_run, base_url, warm=index > 0)
         for variant, events in split_spans(load_spans(work / f"{first}.server.jsonl"), windows).items():
             write_jsonl(work / f"{variant}.jsonl", events)
             spans += [{**event, "variant": variant} for event in events]
@@ -288,9 +290,9 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
             started = time.perf_counter()
             with reference.reference_server(model_dir, ref) as base_url:
                 notes["reference"]["startup_s"] = time.perf_counter() - started
-                for load_run in theirs:
+                for index, load_run in enumerate(theirs):
                     progress.set_postfix_str(load_run.variant)
-                    drive(load_run, base_url)
+                    drive(load_run, base_url, warm=index > 0)
         except (reference.ReferenceServerError, RuntimeError) as error:  # the reference is optional: a note
             notes["reference"].update(available=False, note=f"vLLM's server failed: {str(error)[-1500:]}")
     elif available:
