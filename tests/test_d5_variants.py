@@ -28,14 +28,14 @@ def d5_settings(variants, batch_sizes=(1, 2)):
     config = check_config({"model": "tiny-random", "device": "cpu", "threads": 1})
     return {**run_config(config), "d5_variants": {
         "variants": list(variants), "prompt": "Why is the sky blue?", "chat_template": False,
-        "batch_sizes": list(batch_sizes), "compiled_batch_sizes": [1], "max_new_tokens": 4, "warmup": 1, "repeats": 2,
+        "batch_sizes": list(batch_sizes), "costly_batch_sizes": [1], "max_new_tokens": 4, "warmup": 1, "repeats": 2,
         "trace_decode_steps": 2}}
 
 
 def test_experiment_writes_every_variant_as_rows_or_unavailable(provisioned, monkeypatch):
     # a variant whose build fails (an attention implementation that does not exist) must become a row too
     monkeypatch.setitem(V.CATALOG, "broken", V.Spec(attn="no_such_attention"))
-    # a compiled variant (its compilation skipped: too slow for a unit test) runs at compiled_batch_sizes only
+    # a compiled variant (its compilation skipped: too slow for a unit test) runs at costly_batch_sizes only
     monkeypatch.setitem(V.CATALOG, "compiled", V.Spec(cache="static", compile="default"))
     monkeypatch.setattr(V, "compiled", lambda fn, mode, freezing, **kwargs: fn)
     names = ["reference", "sdpa", "int8wo_bf16", "static", "cuda_graphs", "broken", "compiled"]
@@ -64,7 +64,7 @@ def test_experiment_writes_every_variant_as_rows_or_unavailable(provisioned, mon
     compiled_steps = timed[(timed["variant"] == "compiled") & (timed["metric"] == "decode_step_s")]
     assert set(compiled_steps["batch_size"]) == {1}
     assert meta["notes"]["not_run"] == {"compiled": {"batch_sizes": [2], "reason": d5_experiment.not_run_reason(
-        settings["d5_variants"])}}
+        V.spec_of("compiled"), settings["d5_variants"])}}
     match = frame[frame["metric"] == "token_match_ratio"].set_index(["variant", "batch_size"])["value"]
     assert match[("reference", 1)] == 1.0 and match[("sdpa", 1)] == 1.0 and match[("static", 2)] == 1.0
     weights = frame[frame["metric"] == "step_weight_bytes"].set_index("variant")["value"]

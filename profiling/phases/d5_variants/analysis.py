@@ -246,15 +246,19 @@ def directions(table: pd.DataFrame, timelines: dict, best: str, batch_sizes: lis
             "numbers": {"best_variant": best, "host_overhead_share": share,
                         "reference_host_overhead_share": timelines.get(REFERENCE, {}).get("host_overhead_share"),
                         "operators_per_step": round(best_timeline["operators_per_step"])}})
-    if large != small and (best, large) in at.index:
-        per_token_small = 1.0 / best_row["decode_tok_per_s"]
-        per_token_large = 1.0 / at.loc[(best, large)]["decode_tok_per_s"]
+    # batching: the best variant among those that ran at the largest batch too (a costly one may not have)
+    at_both = set(table.loc[(table["batch_size"] == large) & table["available"], "variant"])
+    batched = best if best in at_both else best_variant(table[table["variant"].isin(at_both)], small)
+    if large != small and batched in at_both:
+        small_row, large_row = at.loc[(batched, small)], at.loc[(batched, large)]
+        per_token_small = 1.0 / small_row["decode_tok_per_s"]
+        per_token_large = 1.0 / large_row["decode_tok_per_s"]
         found.append({
             "limit": "batching", "line": "serving",
             "headroom_s_per_token": per_token_small - per_token_large,
-            "numbers": {"best_variant": best, "small_batch": small, "large_batch": large,
-                        "small_batch_decode_tok_per_s": best_row["decode_tok_per_s"],
-                        "large_batch_decode_tok_per_s": at.loc[(best, large)]["decode_tok_per_s"],
+            "numbers": {"best_variant": batched, "small_batch": small, "large_batch": large,
+                        "small_batch_decode_tok_per_s": small_row["decode_tok_per_s"],
+                        "large_batch_decode_tok_per_s": large_row["decode_tok_per_s"],
                         "batch_gain": per_token_small / per_token_large, "ideal_gain": large / small}})
     if (threads_variant, small) in at.index and at.loc[(threads_variant, small)]["available"]:
         found.append(thread_scaling_direction(at.loc[(threads_variant, small)], reference_row))
@@ -346,7 +350,7 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
         "reference": REFERENCE,
         "best_variant": best,
         "batch_sizes": batch_sizes,
-        "compiled_batch_sizes": cfg.get("compiled_batch_sizes", batch_sizes),
+        "costly_batch_sizes": cfg.get("costly_batch_sizes", batch_sizes),
         "best_speedup_b1": float(at.loc[(best, small), "speedup"]),
         "best_speedup_b1_ci95": [float(at.loc[(best, small), "speedup_ci95_low"]),
                                  float(at.loc[(best, small), "speedup_ci95_high"])],
@@ -358,7 +362,7 @@ def findings(measurements: pd.DataFrame, meta: dict, table: pd.DataFrame, roof: 
         "roof_note": None if roof["source"] else "no D2 ceilings.json: roof shares are not computed",
         "targets": {"speedup_b1": cfg.get("target_speedup", 2.5), "roof_share_b1": cfg.get("target_roof_share", 0.7)},
         "unavailable": meta["notes"].get("unavailable", {}),
-        # compiled variants not run at some batch sizes: variant -> those batch sizes
+        # costly variants (compiled, fewer threads) not run at some batch sizes: variant -> those batch sizes
         "not_run": {name: entry["batch_sizes"] for name, entry in meta["notes"].get("not_run", {}).items()},
         "energy_note": meta["notes"].get("energy_unavailable_reason"),
         # joules per output token of the best variant at the smallest batch, or the meter that is missing

@@ -7,8 +7,9 @@ copies of the request, so there is no padding).
    (CUDA-only on a CPU, or a build that fails) gets one `unavailable` row and its reason in meta.json, never a
    crash. Building (load + quantise) is `build_s`; the peak memory of build + warm-up is `peak_memory_bytes`.
 2. Warm-up per batch size: untimed generations until the decode steps settle, at least `warmup` (torch.compile
-   compiles here): `warmup_s`, `warmup_calls`. A compiled variant runs only at `compiled_batch_sizes` (its decode
-   step is compiled anew for each batch size: 30-60 s each on 2 cores); meta.json's `not_run` says so.
+   compiles here): `warmup_s`, `warmup_calls`. A costly variant runs only at `costly_batch_sizes`: a compiled one
+   (its decode step is compiled anew for each batch size, 30-60 s each on 2 cores) or one on fewer threads;
+   meta.json's `not_run` says so.
 3. Timed rounds per batch size until every variant's median decode step is tight (measure.RepeatPolicy: at least
    the run-wide min_repeats, at most `repeats`); each round runs every variant once, the reference included, in an
    order rotated by one each round, so slow drift of a shared machine falls on all variants alike. Every timed
@@ -70,19 +71,25 @@ def kv_bytes_per_step(config, spec: V.Spec, batch: int, prompt_tokens: int, max_
 
 
 # ---- build and warm up -------------------------------------------------------------------------------------------
+def is_costly(spec: V.Spec) -> bool:
+    """A compiled variant (each batch size compiles its decode step anew) or one on fewer threads."""
+    return spec.compile != "none" or bool(spec.threads)
+
+
 def batches_of(spec: V.Spec, cfg: dict) -> list[int]:
-    """The batch sizes a variant runs at: all of `batch_sizes`, or for a compiled variant those also in
-    `compiled_batch_sizes` (each batch size compiles its decode step anew)."""
-    if spec.compile == "none":
+    """The batch sizes a variant runs at: all of `batch_sizes`, or for a costly variant those also in
+    `costly_batch_sizes`."""
+    if not is_costly(spec):
         return list(cfg["batch_sizes"])
-    return [batch for batch in cfg["batch_sizes"] if batch in cfg["compiled_batch_sizes"]]
+    return [batch for batch in cfg["batch_sizes"] if batch in cfg["costly_batch_sizes"]]
 
 
-def not_run_reason(cfg: dict) -> str:
-    """Why a compiled variant has no row at a batch size outside `compiled_batch_sizes`."""
-    sizes = ", ".join(str(batch) for batch in cfg["compiled_batch_sizes"]) or "none"
-    return (f"compiled variants run at batch {sizes} only (compiled_batch_sizes): each batch size compiles the "
-            f"decode step anew")
+def not_run_reason(spec: V.Spec, cfg: dict) -> str:
+    """Why a costly variant has no row at a batch size outside `costly_batch_sizes`."""
+    sizes = ", ".join(str(batch) for batch in cfg["costly_batch_sizes"]) or "none"
+    why = ("each batch size compiles the decode step anew" if spec.compile != "none"
+           else "thread scaling is read at the smallest batch")
+    return f"run at batch {sizes} only (costly_batch_sizes): {why}"
 
 
 def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: dict, rows: Measurements,
@@ -223,7 +230,8 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
                  "traced": 0}
         here = {name: variant for name, variant in built.items() if batch in batches_of(variant.spec, cfg)}
         for name in built.keys() - here.keys():
-            not_run.setdefault(name, {"batch_sizes": [], "reason": not_run_reason(cfg)})["batch_sizes"].append(batch)
+            reason = not_run_reason(built[name].spec, cfg)
+            not_run.setdefault(name, {"batch_sizes": [], "reason": reason})["batch_sizes"].append(batch)
         first_tokens = timed_rounds(here, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs, policy)
         record_agreement(here, first_tokens, input_ids, attention_mask, rows, {"batch_size": batch})
         for name, variant in here.items():
