@@ -169,3 +169,18 @@ def test_ablation_runs_only_the_configured_steps():
     # the lever step needs a lever
     assert ablation_variants({**cfg, "ablation_steps": ["slab", "lever"], "lever": "none"}) == [
         ("slab", "ablation_slab")]
+
+
+def test_only_a_servers_first_run_sends_warm_up_requests():
+    from profiling.model import build_tiny_tokenizer
+    from profiling.phases.d4_serving.experiment import workload
+
+    cfg = {**CFG, "burstiness": 1.0, "warmup_requests": 2, "requests": 3, "prompt_tokens": 16, "output_tokens": 4,
+           "tenants": {"mix": {"a": 1}, "requests": 3}}
+    run = next(run for run in our_runs({**cfg, "tenants": {"enabled": False}}) if run.variant == "continuous_100pct")
+    run = resolve_rate(run, 2.0)
+    tokenizer = build_tiny_tokenizer()
+    first, script = workload(cfg, run, tokenizer, seed=0)
+    later, _ = workload(cfg, run, tokenizer, seed=0, warm=True)
+    assert first.warmup_requests == 2 and later.warmup_requests == 0
+    assert len(script["prompts"]) == 3 + 2  # the timed prompts, then spare ones for the warm-up

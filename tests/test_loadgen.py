@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 
 import httpx
 import numpy as np
@@ -207,7 +208,11 @@ def test_run_load_against_our_server(tiny):
     load = LoadSettings(num_requests=4, prompt_tokens=16, output_tokens=8, tenants={"a": 1, "b": 1},
                         slo_ttft_ms=60_000, slo_tpot_ms=60_000)
     with start_in_thread(settings, model=model, tokenizer=tokenizer) as server:
+        before = time.perf_counter()
         result = loadgen.run_load(server.base_url, None, load, tokenizer, label="ours")
+        after = time.perf_counter()
+    # the timed window starts after the warm-up request (a run's server-side spans are split by this window)
+    assert before < result.start_s and result.start_s + result.duration_s <= after
     assert [r.error for r in result.records] == [""] * 4
     assert result.result["completed"] == 4 and result.result["total_output_tokens"] == 32
     assert all(r.output_tokens == 8 and r.prompt_tokens == 16 for r in result.records)
