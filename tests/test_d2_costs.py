@@ -112,3 +112,21 @@ def test_ceilings_are_positive_and_finite():
     assert records["memory_read"]["work_bytes"] == 4 * 2**20 and records["memory_read"]["bytes_per_s"] > 0
     low, high = records["matmul"]["flop_per_s_range"]
     assert low <= records["matmul"]["flop_per_s"] <= high
+
+
+def test_the_matmul_ceiling_is_the_faster_kernel(monkeypatch):
+    # oneDNN's packed GEMM made to look slow: torch.mm must then set the ceiling, and the other way round
+    real = ceilings.time_repeats
+
+    def slowed(which):
+        def timed(run, device, repeats, warmup=1):
+            seconds = real(run, device, repeats, warmup)
+            is_packed = run.__code__.co_names.count("packed_linear") > 0
+            return [s * 100 for s in seconds] if is_packed == (which == "oneDNN") else seconds
+        return timed
+
+    for slow, expected in (("oneDNN", "torch.mm"), ("torch.mm", "oneDNN")):
+        monkeypatch.setattr(ceilings, "time_repeats", slowed(slow))
+        ceiling = ceilings.matmul("cpu", torch.float32, 128, 3)
+        assert ceiling.name == "matmul" and expected in ceiling.label, (slow, ceiling.label)
+        assert ceiling.work_flops == 2 * 128**3

@@ -4,7 +4,7 @@ Each ceiling times one large, simple operation after a warm-up, `repeats` times,
 timed boundary (timing.sync), and keeps every repeat's seconds so the median and the spread can be reported:
 
     memory bandwidth   dst.copy_(src) on a buffer much larger than the caches; bytes moved = read + written
-    matmul FLOP/s      a square (n x n) @ (n x n) product in the dtype in use; 2 n^3 floating-point operations
+    matmul FLOP/s      a square (n x n) @ (n x n) product in the dtype in use, by the faster of torch.mm and oneDNN (CPU)
     matrix-vector      a (n x n) @ (n) product: what a decode step's linear layers do at batch 1; 2 n^2 FLOPs,
                        n^2 + 2n elements moved
     tiny operator      the host time of one 1-element add: dispatch cost on the CPU, dispatch + empty kernel
@@ -100,15 +100,25 @@ def memory_read(device: str, dtype: torch.dtype, buffer_bytes: int, repeats: int
 
 
 def matmul(device: str, dtype: torch.dtype, size: int, repeats: int) -> Ceiling:
-    """(size x size) @ (size x size): 2 size^3 FLOPs, in `dtype`."""
+    """(size x size) @ (size x size): 2 size^3 FLOPs, in `dtype`, by the faster of torch.mm and (on a CPU) oneDNN
+    over a weight packed once, the kernel the engine's linear layers run: the compute roof is the fastest matmul
+    this machine runs (MKL's torch.mm reached half of oneDNN's FLOP/s on an AMD CPU, and prefill then read
+    MFU > 100%)."""
+    from ...prepack import PACKABLE_DTYPES, available, pack_weight, packed_linear
+
     generator = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     out = torch.empty(size, size, dtype=dtype, device=device)
-    element = a.element_size()
-    return Ceiling("matmul", f"{size}x{size} @ {size}x{size} matmul",
-                   time_repeats(lambda: torch.mm(a, b, out=out), device, repeats),
-                   work_bytes=3 * size * size * element, work_flops=2 * size**3)
+    work = {"work_bytes": 3 * size * size * a.element_size(), "work_flops": 2 * size**3}
+    shape = f"{size}x{size} @ {size}x{size} matmul"
+    candidates = [Ceiling("matmul", f"{shape} (torch.mm)",
+                          time_repeats(lambda: torch.mm(a, b, out=out), device, repeats), **work)]
+    if device == "cpu" and dtype in PACKABLE_DTYPES and available():
+        packed = pack_weight(b.t().contiguous())  # a @ b = a @ (b^T)^T: F.linear's weight is b^T
+        candidates.append(Ceiling("matmul", f"{shape} (oneDNN, weight packed once)",
+                                  time_repeats(lambda: packed_linear(a, packed), device, repeats), **work))
+    return min(candidates, key=lambda ceiling: float(np.median(ceiling.seconds)))
 
 
 def matvec(device: str, dtype: torch.dtype, size: int, repeats: int) -> Ceiling:
