@@ -216,5 +216,7 @@ def test_run_load_against_our_server(tiny):
     assert [r.error for r in result.records] == [""] * 4
     assert result.result["completed"] == 4 and result.result["total_output_tokens"] == 32
     assert all(r.output_tokens == 8 and r.prompt_tokens == 16 for r in result.records)
-    assert all(0 < r.ttft_s < r.e2e_s and len(r.itl_s) <= 7 for r in result.records)  # a chunk may carry tokens
+    # a chunk may carry several tokens, and on a busy machine a short stream's chunks can all arrive in one read
+    assert all(0 < r.ttft_s <= r.e2e_s and len(r.itl_s) <= 7 for r in result.records), [
+        (r.ttft_s, r.e2e_s, len(r.itl_s)) for r in result.records]
     assert result.result["request_goodput"] == pytest.approx(result.result["request_throughput"])
