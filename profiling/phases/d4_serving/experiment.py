@@ -277,10 +277,13 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
             write_jsonl(work / f"{variant}.jsonl", events)
             spans += [{**event, "variant": variant} for event in events]
 
-    available, why = reference.reference_available()
+    if cfg["reference"]["enabled"] and theirs:
+        available, why = reference.reference_available()  # imports vLLM in .venv-reference: seconds, so only here
+    else:
+        available, why = False, "the reference is disabled in the config"
     notes["reference"] = {"available": available, "note": why}
     model_dir = models.local_model_dir(settings["model"])
-    if available and cfg["reference"]["enabled"] and theirs and model_dir is not None:
+    if available and model_dir is not None:
         ref = reference.ReferenceSettings(dtype=run_info.precision.dtype, enforce_eager=cfg["reference"]["enforce_eager"],
                                           max_model_len=cfg["reference"]["max_model_len"],
                                           log_path=work / "vllm.log", extra_args=reference_args(cfg))
@@ -296,8 +299,7 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
         except (reference.ReferenceServerError, RuntimeError) as error:  # the reference is optional: a note
             notes["reference"].update(available=False, note=f"vLLM's server failed: {str(error)[-1500:]}")
     elif available:
-        notes["reference"].update(available=False, note="the reference is disabled in the config, or the model "
-                                                        "has no local directory vLLM can load")
+        notes["reference"].update(available=False, note="the model has no local directory vLLM can load")
     progress.close()
 
     with staged(measurements_path, meta_path, requests_path, bench_path, spans_path, *trace_for.values()) as temps:

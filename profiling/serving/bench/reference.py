@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 REFERENCE_VENV = Path(".venv-reference")
@@ -66,11 +67,17 @@ def reference_version(settings: ReferenceSettings | None = None, timeout_s: floa
     python = reference_python(settings)
     if not python.exists():
         raise ReferenceServerError(f"no {python}: {ENABLE_HINT}")
-    done = subprocess.run([str(python), "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+    return _vllm_version(str(python), timeout_s)
+
+
+@lru_cache(maxsize=4)
+def _vllm_version(python: str, timeout_s: float) -> str:
+    """`import vllm` takes seconds: asked once per interpreter and process (an error is not kept)."""
+    done = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
                           text=True, timeout=timeout_s, env=_clean_env({}))
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise ReferenceServerError(f"`import vllm` failed in {python.parent.parent}: {tail}")
+        raise ReferenceServerError(f"`import vllm` failed in {Path(python).parent.parent}: {tail}")
     return done.stdout.strip().splitlines()[-1]
 
 
