@@ -86,7 +86,7 @@ class StageIndex:
         return span["name"] if ts < span["ts"] + span["dur"] else None
 
 
-def _self_times(ops: list[dict]) -> dict[int, float]:
+def self_times(ops: list[dict]) -> dict[int, float]:
     """Self time (µs) of each operator event, keyed by its position in `ops` (one thread, sorted by ts)."""
     self_us = {}
     stack: list[int] = []
@@ -111,7 +111,7 @@ def operator_table(path) -> pd.DataFrame:
     index = StageIndex([e for e in events if e.get("cat") == "user_annotation"])
     rows = []
     for (pid, tid), ops in cpu_ops_by_thread(events).items():
-        self_us = _self_times(ops)
+        self_us = self_times(ops)
         for position, op in enumerate(ops):
             stage = index.stage_at(pid, tid, op["ts"])
             rows.append({"stage": stage_group(stage) if stage else "(outside stages)", "device": "cpu",

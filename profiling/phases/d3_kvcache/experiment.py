@@ -32,7 +32,7 @@ from ...engine import generate
 from ...io import staged
 from .variants import latency_variants, memory_batch_sizes, variant_name
 from .kv_memory import bytes_per_token, cache_tensor_bytes, cached_positions
-from ...shapes import Shapes, kv_cache_bytes
+from ...shapes import Shapes, kv_cache_bytes, model_shapes
 from ...metrics import Measurements, record_generation
 from ...timing import timing_method
 from ...tracing import export_gzip_trace, profiled, write_empty_trace
@@ -223,12 +223,10 @@ def check_trace_paths(cfg: dict, paths: list) -> dict:
 def run(settings: dict, measurements_path, meta_path, traces: list) -> None:
     """Run the D3 KV-cache experiment; write measurements.csv, meta.json and one trace per latency setting
     (all or nothing)."""
-    from transformers import AutoConfig
-
     cfg = settings["d3_kvcache"]
     trace_for = check_trace_paths(cfg, traces)
     # The prompt lengths are checked against the model's context before anything is measured.
-    shapes = Shapes.from_config(AutoConfig.from_pretrained(models.model_source(settings["model"])))
+    shapes = model_shapes(models.model_source(settings["model"]))
     check_context(cfg, shapes.max_positions)
 
     run_info = Run(PHASE, settings)

@@ -11,6 +11,8 @@ from .. import WallRow
 NAME = "d5_variants"  # folder, config section, command, data/trace directory, figure prefix, anchor
 CHAPTER = "D5"
 REFERENCE = "reference"  # the float32 eager variant every other is measured against
+VLLM = "vllm_offline"  # the variant name of vLLM's rows in measurements.csv (knob `mode`: compiled | eager)
+LLAMA_CPP = "llama.cpp"  # the variant name of llama.cpp's rows (knob `quant`: q4_1 | q8_0 | f32)
 TITLE = {"en": "Next steps: optimisation variants", "zh": "延伸方向：优化变体"}
 QUESTION = {"en": "Where do I dig next?", "zh": "下一步怎么深挖？"}
 WALL = [

@@ -44,9 +44,8 @@ from ...stats import bootstrap_ratio_ci, precision, summarize, summary_table
 from ...trace_ops import operator_table, stage_spans  # the one import of the trace helpers
 from ..d2_bottlenecks.roof import bandwidth_roof as roof_bandwidth  # the machine's one roof
 from . import NAME as PHASE
-from . import step_split
-from . import REFERENCE
-from .yardsticks import PEERS, VLLM, yardsticks
+from . import REFERENCE, VLLM, step_split
+from .yardsticks import PEERS, yardsticks
 
 ENGINE_STAGE = r"^(tokenize|prefill|decode_step\[\d+\]|detokenize)$"  # the engine's span labels
 STEP_INDEX = re.compile(r"\[\d+\]$")

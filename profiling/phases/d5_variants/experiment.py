@@ -43,6 +43,7 @@ from ...tracing import export_gzip_trace, profiled, write_empty_trace
 from . import variants as V
 from .counters import EnergyMeter, PeakMemory
 
+from . import LLAMA_CPP, VLLM
 from . import NAME as PHASE
 
 
@@ -229,9 +230,10 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
         knobs = {"batch_size": batch, "prompt_tokens": prompt_tokens, "max_new_tokens": cfg["max_new_tokens"],
                  "traced": 0}
         here = {name: variant for name, variant in built.items() if batch in batches_of(variant.spec, cfg)}
-        for name in built.keys() - here.keys():
-            reason = not_run_reason(built[name].spec, cfg)
-            not_run.setdefault(name, {"batch_sizes": [], "reason": reason})["batch_sizes"].append(batch)
+        for name, variant in built.items():
+            if name not in here:
+                reason = not_run_reason(variant.spec, cfg)
+                not_run.setdefault(name, {"batch_sizes": [], "reason": reason})["batch_sizes"].append(batch)
         first_tokens = timed_rounds(here, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs, policy)
         record_agreement(here, first_tokens, input_ids, attention_mask, rows, {"batch_size": batch})
         for name, variant in here.items():
@@ -286,8 +288,6 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
 
 
 # ---- the yardsticks from .venv-reference: vLLM and llama.cpp ------------------------------------------------------
-VLLM = "vllm_offline"  # variant of vLLM's rows (knob `mode`: compiled | eager)
-LLAMA_CPP = "llama.cpp"  # variant of llama.cpp's rows (knob `quant`: q4_1 | q8_0 | f32)
 LLAMA_CPP_CACHE = Path("resources") / "llama_cpp"  # requantised GGUFs (git-ignored), one per source file and type
 
 

@@ -40,7 +40,7 @@ import re
 from bisect import bisect_left, bisect_right
 
 from ...shapes import Shapes
-from ...trace_ops import _self_times, cpu_ops_by_thread, load_events
+from ...trace_ops import cpu_ops_by_thread, load_events, self_times
 from ..d2_bottlenecks.op_categories import categorize
 
 PARTS = ["linear", "attention", "norm", "elementwise", "lm_head", "other"]  # the kernel categories
@@ -190,7 +190,7 @@ def categorised(ops: list[dict], shapes: Shapes) -> list[dict]:
     """One entry per event of a decode step (`ops` as decode_steps gives them): {"op", "part" (PARTS or HOST),
     "self_s", "call"}; `call` is the position of the outermost linear call the event belongs to (None outside
     linear calls)."""
-    self_us = _self_times(ops)
+    self_us = self_times(ops)
     entries: list[dict] = []
     stack: list[int] = []  # positions of the open (enclosing) events
     for position, op in enumerate(ops):
@@ -219,7 +219,7 @@ def host_share(trace_path) -> float:
     """Host time / wall time over a trace's decode steps (NaN without decode steps); needs no model shapes."""
     wall_s, kernels_s = 0.0, 0.0
     for step_wall_s, ops in decode_steps(load_events(trace_path)):
-        self_us = _self_times(ops)
+        self_us = self_times(ops)
         wall_s += step_wall_s
         kernels_s += sum(self_us[position] for position, op in enumerate(ops) if is_kernel(op["name"])) / 1e6
     return 1.0 - kernels_s / wall_s if wall_s else float("nan")

@@ -23,9 +23,7 @@ import pandas as pd
 
 from ...metrics import per_repeat
 from ...stats import summarize
-from . import REFERENCE
-
-LLAMA_CPP, VLLM = "llama.cpp", "vllm_offline"  # the peers' variant names in measurements.csv
+from . import LLAMA_CPP, REFERENCE, VLLM
 PEERS = {LLAMA_CPP: ("quant", "llama.cpp"), VLLM: ("mode", "vLLM")}  # variant -> (setting knob, label)
 DTYPE_BITS = {"float32": 32, "bfloat16": 16, "float16": 16}
 

@@ -67,17 +67,18 @@ def reference_version(settings: ReferenceSettings | None = None, timeout_s: floa
     python = reference_python(settings)
     if not python.exists():
         raise ReferenceServerError(f"no {python}: {ENABLE_HINT}")
-    return _vllm_version(str(python), timeout_s)
+    return module_version(str(python), "vllm", timeout_s)
 
 
-@lru_cache(maxsize=4)
-def _vllm_version(python: str, timeout_s: float) -> str:
-    """`import vllm` takes seconds: asked once per interpreter and process (an error is not kept)."""
-    done = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+@lru_cache(maxsize=8)
+def module_version(python: str, module: str, timeout_s: float) -> str:
+    """`module.__version__` as the interpreter `python` imports it; raises ReferenceServerError when the import
+    fails. An import of vLLM takes seconds: each is asked once per process (an error is not kept)."""
+    done = subprocess.run([python, "-c", f"import {module}; print({module}.__version__)"], capture_output=True,
                           text=True, timeout=timeout_s, env=_clean_env({}))
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise ReferenceServerError(f"`import vllm` failed in {Path(python).parent.parent}: {tail}")
+        raise ReferenceServerError(f"`import {module}` failed in {Path(python).parent.parent}: {tail}")
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -197,27 +198,35 @@ def reference_server(model_dir, settings: ReferenceSettings | None = None):
         _stop(process, settings.stop_timeout_s)
 
 
+def run_script(script: Path, prompt_ids, arguments: list[str], env: dict[str, str], timeout_s: float,
+               what: str, settings: ReferenceSettings | None = None) -> dict:
+    """Run `script` under the reference interpreter with `--prompt-ids <file of prompt_ids> --out <file>` and
+    `arguments`; returns the JSON it wrote. Raises ReferenceServerError (`what` failed, with the output's tail)."""
+    with tempfile.TemporaryDirectory(prefix="reference-") as folder:
+        prompts_path, out_path = Path(folder) / "prompt_ids.json", Path(folder) / "result.json"
+        prompts_path.write_text(json.dumps(prompt_ids))
+        command = [str(reference_python(settings)), str(script), "--prompt-ids", str(prompts_path),
+                   "--out", str(out_path), *arguments]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+        if done.returncode != 0 or not out_path.exists():
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
+            raise ReferenceServerError(f"{what} failed (exit {done.returncode}):\n{tail}")
+        return json.loads(out_path.read_text())
+
+
 def run_offline(model_dir, prompt_ids: list[list[int]], batch_sizes=(1, 8, 16), output_tokens: int = 64,
                 settings: ReferenceSettings | None = None, repeats: int = 3, timeout_s: float = 600.0) -> dict:
     """vLLM's offline `LLM.generate` on the given prompts at each batch size (fixed output length), in the mode
     `settings.enforce_eager` names, through vllm_offline.py under the reference interpreter. Returns its JSON
     (start-up, prefill and decode seconds per batch size, vLLM version)."""
     settings = settings or ReferenceSettings()
-    with tempfile.TemporaryDirectory(prefix="vllm-offline-") as folder:
-        prompts_path, out_path = Path(folder) / "prompt_ids.json", Path(folder) / "result.json"
-        prompts_path.write_text(json.dumps(prompt_ids))
-        command = [str(reference_python(settings)), str(OFFLINE_SCRIPT), "--model", str(model_dir),
-                   "--prompt-ids", str(prompts_path), "--out", str(out_path),
-                   "--batch-sizes", ",".join(map(str, batch_sizes)), "--output-tokens", str(output_tokens),
-                   "--repeats", str(repeats),
-                   "--dtype", settings.dtype, "--max-model-len", str(settings.max_model_len),
-                   "--gpu-memory-utilization", str(settings.gpu_memory_utilization), "--seed", str(settings.seed),
-                   *(["--enforce-eager"] if settings.enforce_eager else [])]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_server_env(settings))
-        if done.returncode != 0 or not out_path.exists():
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
-            raise ReferenceServerError(f"vLLM offline run failed (exit {done.returncode}):\n{tail}")
-        return json.loads(out_path.read_text())
+    arguments = ["--model", str(model_dir), "--batch-sizes", ",".join(map(str, batch_sizes)),
+                 "--output-tokens", str(output_tokens), "--repeats", str(repeats),
+                 "--dtype", settings.dtype, "--max-model-len", str(settings.max_model_len),
+                 "--gpu-memory-utilization", str(settings.gpu_memory_utilization), "--seed", str(settings.seed),
+                 *(["--enforce-eager"] if settings.enforce_eager else [])]
+    return run_script(OFFLINE_SCRIPT, prompt_ids, arguments, _server_env(settings), timeout_s,
+                      "vLLM offline run", settings)
 
 
 # ---- llama.cpp (llama-cpp-python in the same environment) --------------------------------------------------------
@@ -228,14 +237,11 @@ def llama_cpp_available(settings: ReferenceSettings | None = None, timeout_s: fl
     if not python.exists():
         return False, f"llama.cpp not installed ({python.parent.parent} is missing): {ENABLE_HINT}"
     try:
-        done = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
-                              capture_output=True, text=True, timeout=timeout_s, env=_clean_env({}))
+        return True, f"llama-cpp-python {module_version(str(python), 'llama_cpp', timeout_s)}"
+    except ReferenceServerError as error:
+        return False, f"{error}; {ENABLE_HINT}"
     except (subprocess.TimeoutExpired, OSError) as error:
         return False, f"llama.cpp unusable ({error}); {ENABLE_HINT}"
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return False, f"`import llama_cpp` failed in {python.parent.parent} ({tail}); {ENABLE_HINT}"
-    return True, f"llama-cpp-python {done.stdout.strip().splitlines()[-1]}"
 
 
 def run_llama_cpp(gguf, prompt_ids: list[int], cache_dir, batch_sizes=(1, 8, 16), output_tokens: int = 64,
@@ -243,19 +249,11 @@ def run_llama_cpp(gguf, prompt_ids: list[int], cache_dir, batch_sizes=(1, 8, 16)
                   settings: ReferenceSettings | None = None, timeout_s: float = 900.0) -> dict:
     """llama.cpp on `gguf` requantised to each of `quants` (cached in `cache_dir`), greedy decode at each batch
     size, through llama_cpp_bench.py under the reference interpreter. Returns its JSON (see that script)."""
-    settings = settings or ReferenceSettings()
-    with tempfile.TemporaryDirectory(prefix="llama-cpp-") as folder:
-        prompt_path, out_path = Path(folder) / "prompt_ids.json", Path(folder) / "result.json"
-        prompt_path.write_text(json.dumps(list(prompt_ids)))
-        command = [str(reference_python(settings)), str(LLAMA_CPP_SCRIPT), "--gguf", str(gguf),
-                   "--prompt-ids", str(prompt_path), "--out", str(out_path), "--cache-dir", str(cache_dir),
-                   "--batch-sizes", ",".join(map(str, batch_sizes)), "--output-tokens", str(output_tokens),
-                   "--threads", str(threads), "--repeats", str(repeats), "--quants", ",".join(quants)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_clean_env({}))
-        if done.returncode != 0 or not out_path.exists():
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
-            raise ReferenceServerError(f"llama.cpp run failed (exit {done.returncode}):\n{tail}")
-        return json.loads(out_path.read_text())
+    arguments = ["--gguf", str(gguf), "--cache-dir", str(cache_dir), "--batch-sizes", ",".join(map(str, batch_sizes)),
+                 "--output-tokens", str(output_tokens), "--threads", str(threads), "--repeats", str(repeats),
+                 "--quants", ",".join(quants)]
+    return run_script(LLAMA_CPP_SCRIPT, list(prompt_ids), arguments, _clean_env({}), timeout_s,
+                      "llama.cpp run", settings)
 
 
 if __name__ == "__main__":  # python -m profiling.serving.bench.reference: say whether the reference can run
