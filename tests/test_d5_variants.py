@@ -181,6 +181,9 @@ def test_analysis_computes_speedups_and_roof_shares_from_hand_made_rows(tmp_path
     assert findings["best_speedup_b1"] == pytest.approx(2.5)
     assert findings["roof_source"] == "memory_read"
     assert findings["not_run"] == {"fast": [8]}
+    # the batching direction reads a variant that ran at the largest batch: fast did not, so the reference
+    batching = next(d for d in findings["directions"] if d["limit"] == "batching")
+    assert batching["numbers"]["best_variant"] == "reference" and batching["numbers"]["large_batch"] == 8
     sentence = answer(environment(), "d5_variants", findings, "directions")
     assert "the best variant, fast, 2.50× faster" in sentence and "; next: " in sentence
     assert findings["directions"]
