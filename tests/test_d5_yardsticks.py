@@ -3,6 +3,7 @@ the targets' verdicts from hand-made frames, a missing llama.cpp as a row saying
 editions. Nothing here times anything or needs .venv-reference."""
 import json
 import struct
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 
 from profiling.metrics import Measurements
 from profiling.phases.d5_variants import experiment as E
+from profiling.phases.d5_variants import variants as V
 from profiling.phases.d5_variants import yardsticks as Y
 from profiling.report.templating import environment
 from profiling.serving.bench import llama_cpp_bench as bench
@@ -38,9 +40,8 @@ def peer_meta(llama_cpp: dict | None = None) -> dict:
     return {"notes": {"llama_cpp": llama, "vllm_offline": {
         "measured": True, "version": "0.32.0", "modes": {"compiled": {"measured": True, "startup_s": 120.0},
                                                          "eager": {"measured": True, "startup_s": 30.0}}},
-        "variants": {"reference": {"dtype": "float32", "quant": "none"}, "sdpa": {"dtype": "float32", "quant": "none"},
-                     "int8wo_bf16": {"dtype": "bfloat16", "quant": "int8_weight_only"},
-                     "int4wo_bf16": {"dtype": "bfloat16", "quant": "int4_weight_only"}}}}
+        "variants": {**{name: asdict(V.spec_of(name)) for name in ("reference", "sdpa", "int8wo_bf16")},
+                     "int4wo_bf16": asdict(V.Spec(dtype="bfloat16", quant="int4_weight_only"))}}}
 
 
 CFG = {"reference": {"vllm_modes": ["compiled", "eager"], "llama_cpp_quants": ["q4_1", "q8_0", "f32"]}}
@@ -153,12 +154,20 @@ def test_verdicts_against_llama_cpp_and_vllm():
     assert eight_bit["ratio"] == pytest.approx(0.014 / 0.0155) and eight_bit["verdict"] == "met"
     four_bit = found[("4bit_vs_llama_q4_1", 1)]
     assert four_bit["ours"] == "int4wo_bf16" and four_bit["verdict"] == "met"
-    assert found[("reference_vs_llama_f32", 1)]["verdict"] == "no_peer"  # llama.cpp's f32 failed
+    engine = found[("engine_float32_vs_llama_f32", 1)]
+    assert engine["ours"] == "sdpa" and engine["verdict"] == "no_peer"  # the engine's fastest float32 setting;
+    # llama.cpp's f32 failed
     vllm = found[("best_vs_vllm", 8)]
     assert vllm["peer"] == "vLLM compiled" and vllm["ours"] == "int4wo_bf16"
     assert vllm["ratio"] == pytest.approx((8 / 0.030) / (8 / 0.030)) and vllm["verdict"] == "met"
     slower = verdicts(variant_frame(int4_b1_step=0.012))[("4bit_vs_llama_q4_1", 1)]
     assert slower["ratio"] == pytest.approx(0.012 / 0.011) and slower["verdict"] == "missed"
+
+
+def test_engine_float32_path_is_the_engines_own_settings():
+    """The float32 target's candidates: the variants that change only the engine's settings (linears, attention)."""
+    chosen = {name for name, spec in V.CATALOG.items() if Y.engine_float32(asdict(spec))}
+    assert chosen == {"reference", "sdpa", "prepacked_sdpa"}
 
 
 def test_no_4bit_variant_and_vllm_eager_only():

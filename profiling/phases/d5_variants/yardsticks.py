@@ -9,8 +9,10 @@ variants, and the verdicts against them. Reads the experiment's rows and meta.js
     weight_bits   our variant's weight storage: the N of int<N> in its quant lever, else its dtype's bits
     agreement     exact: every greedy token equal to the reference's at that batch size; approximate otherwise
     TARGETS       our fastest candidate's decode step / the peer's (at most the bound) at the smallest batch, the
-                  candidates: exact or at least 8-bit variants against q8_0, 4-bit ones against q4_1, the float32
-                  reference against f32; at every
+                  candidates: exact or at least 8-bit variants against q8_0, 4-bit ones against q4_1, the engine's
+                  float32 path (engine_float32: the reference and the variants that change only the engine's own
+                  settings, linears aten | prepacked and attention eager | sdpa; its default is prepacked + sdpa)
+                  against f32; at every
                   larger batch our best decode tok/s / vLLM's (compiled, else eager; at least the bound).
                   verdict: met | missed | no_peer (the peer was not measured) | no_candidate (no variant of that kind)
 """
@@ -23,7 +25,7 @@ import pandas as pd
 
 from ...metrics import per_repeat
 from ...stats import summarize
-from . import LLAMA_CPP, REFERENCE, VLLM
+from . import LLAMA_CPP, VLLM
 PEERS = {LLAMA_CPP: ("quant", "llama.cpp"), VLLM: ("mode", "vLLM")}  # variant -> (setting knob, label)
 DTYPE_BITS = {"float32": 32, "bfloat16": 16, "float16": 16}
 
@@ -31,7 +33,7 @@ DTYPE_BITS = {"float32": 32, "bfloat16": 16, "float16": 16}
 STEP_TARGETS = {
     "exact_or_8bit_vs_llama_q8_0": ("exact_or_8bit", "llama.cpp q8_0", 1.0),
     "4bit_vs_llama_q4_1": ("4bit", "llama.cpp q4_1", 1.0),
-    "reference_vs_llama_f32": ("reference", "llama.cpp f32", 1.5),
+    "engine_float32_vs_llama_f32": ("engine_float32", "llama.cpp f32", 1.5),
 }
 VLLM_TARGET = ("best_vs_vllm", 1.0)  # our best decode tok/s / vLLM's at each larger batch, at least this
 NOT_RUN = {"measured": False, "note": "not run by this experiment"}  # meta.json without the peer's entry
@@ -45,6 +47,16 @@ def weight_bits(described: dict | None) -> float:
     return float(found.group(1)) if found else float(DTYPE_BITS.get(described.get("dtype"), "nan"))
 
 
+def engine_float32(described: dict | None) -> bool:
+    """True for a variant that the engine runs in float32 by its own settings alone (cpu_linears, attention): no
+    quantisation, no compilation, the dynamic cache, all threads; the reference and the engine's default among them."""
+    if not described:
+        return False
+    return (described.get("dtype") == "float32" and described.get("quant") == "none"
+            and described.get("compile") == "none" and described.get("cache") == "dynamic"
+            and not described.get("threads"))
+
+
 def classified(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
     """The variant table with weight_bits and agreement (exact | approximate) per row."""
     described = meta["notes"].get("variants", {})
@@ -52,6 +64,7 @@ def classified(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
     table["weight_bits"] = [weight_bits(described.get(name)) for name in table["variant"]]
     match = table["token_match_ratio"] if "token_match_ratio" in table else pd.Series(float("nan"), index=table.index)
     table["agreement"] = ["exact" if ratio == 1.0 else "approximate" for ratio in match]
+    table["engine_float32"] = [engine_float32(described.get(name)) for name in table["variant"]]
     return table
 
 
@@ -165,7 +178,7 @@ def targets(table: pd.DataFrame, peers: list[dict], batch_sizes: list[int]) -> l
     small = min(batch_sizes)
     ours = table[table["available"] & (table["batch_size"] == small)]
     candidates = {"exact_or_8bit": ours[(ours["agreement"] == "exact") | (ours["weight_bits"] >= 8)],
-                  "4bit": ours[ours["weight_bits"] <= 4], "reference": ours[ours["variant"] == REFERENCE]}
+                  "4bit": ours[ours["weight_bits"] <= 4], "engine_float32": ours[ours["engine_float32"]]}
     measured = {(p["system"], p["batch_size"]): p for p in peers if p["available"]}
     found = []
     for key, (kind, peer_label, bound) in STEP_TARGETS.items():
