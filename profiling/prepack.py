@@ -11,11 +11,16 @@ D5's variant table (the `aten_linears` row is the unpacked path).
     cpu_linears: prepacked   float32 and bfloat16 weights on the CPU, packed at load (the default)
     cpu_linears: aten        torch's F.linear, as transformers runs it
 
+bfloat16 weights are packed only where this CPU has the instructions oneDNN's bfloat16 path needs (AVX-512 BW, VL
+and DQ, or AVX-NE-CONVERT): on an AVX2-only CPU the packing raises, and a bfloat16 model keeps torch's F.linear.
+
 The results equal F.linear's up to float rounding (the kernels sum in another order). The original weight stays
 the module's `weight` (a tied lm_head shares it with the embedding, and the byte counts read it), so a packed
 model holds its linear weights twice.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -53,21 +58,28 @@ class PrepackedLinear(nn.Module):
                f"oneDNN prepacked"
 
 
-def available() -> bool:
-    """True when this torch has oneDNN's linear ops (CPU builds of torch 2.x do)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+@functools.cache
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when this torch and this CPU pack `dtype` weights for oneDNN: CPU builds of torch 2.x have the ops, and
+    a small weight of `dtype` packs here (bfloat16 raises on a CPU without AVX-512 BW/VL/DQ or AVX-NE-CONVERT)."""
+    if dtype not in PACKABLE_DTYPES or not torch.backends.mkldnn.is_available() \
+            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    try:
+        pack_weight(torch.zeros(16, 16, dtype=dtype))
+    except RuntimeError:  # "mkldnn_reorder_linear_weight: bf16 path needs the cpu support ..."
+        return False
+    return True
 
 
 def prepack_linears(model: nn.Module) -> int:
-    """Replace every CPU nn.Linear of `model` holding float32 or bfloat16 weights by a PrepackedLinear, in place;
-    returns how many were replaced (0 on a GPU, or when oneDNN is missing)."""
-    if not available():
-        return 0
+    """Replace every CPU nn.Linear of `model` whose weight dtype packs here (available) by a PrepackedLinear, in
+    place; returns how many were replaced (0 on a GPU, when oneDNN is missing, or for bfloat16 on an AVX2-only CPU)."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if (type(child) is nn.Linear and child.weight.device.type == "cpu"
-                    and child.weight.dtype in PACKABLE_DTYPES):
+                    and available(child.weight.dtype)):
                 setattr(parent, name, PrepackedLinear(child))
                 replaced += 1
     return replaced

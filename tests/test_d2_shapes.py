@@ -148,7 +148,7 @@ def test_prepacked_runs_only_where_onednn_packs():
     assert linear_shapes.kernels_for(both, "cuda", torch.float32) == ["aten"]
     assert linear_shapes.kernels_for(both, "cpu", torch.float16) == ["aten"]
     assert linear_shapes.kernels_for(["prepacked"], "cpu", torch.float32) == (["prepacked"] if available() else [])
-    assert linear_shapes.kernels_for(both, "cpu", torch.bfloat16) == (both if available() else ["aten"])
+    assert linear_shapes.kernels_for(both, "cpu", torch.bfloat16) == (both if available(torch.bfloat16) else ["aten"])
 
 
 # ---- a real run on the tiny model -------------------------------------------------------------------------------
@@ -176,18 +176,19 @@ def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tin
 
     model, settings, measurements, out_of_memory, calls = tiny_curve
     assert out_of_memory == []
-    kernels = ["aten", "prepacked"] if available() else ["aten"]
+    kernels = {d: ["aten", "prepacked"] if available(getattr(torch, d)) else ["aten"] for d in ("float32", "bfloat16")}
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     table = shape_curve.curve_table(measurements, ROOF, {"max_repeats": 2, "ci_half_width": 0.05})
     assert list(table.columns) == shape_curve.COLUMNS
     assert set(zip(table["dtype"], table["kernel"], table["rows"])) == {
-        (d, k, r) for d in ("float32", "bfloat16") for k in kernels for r in (1, 2, 4)}
+        (d, k, r) for d in ("float32", "bfloat16") for k in kernels[d] for r in (1, 2, 4)}
     passes = measurements[measurements["metric"] == linear_shapes.METRIC]
-    assert set(passes["variant"]) == {f"linear_{d}_{k}" for d in ("float32", "bfloat16") for k in kernels}
+    assert set(passes["variant"]) == {f"linear_{d}_{k}" for d in ("float32", "bfloat16") for k in kernels[d]}
     assert (passes["variant"] == "linear_" + passes["dtype"] + "_" + passes["kernel"]).all()
     # every timed pass ran its own kernel over every matrix: plain weights for aten, packed ones for prepacked
-    for kernel in kernels:
-        runs = len(passes[passes["kernel"] == kernel]) + 3 * 2  # + one warm-up pass per (dtype, M)
+    for kernel in kernels["float32"]:
+        dtypes = sum(kernel in kernels[d] for d in kernels)
+        runs = len(passes[passes["kernel"] == kernel]) + 3 * dtypes  # + one warm-up pass per (dtype, M)
         assert calls[kernel] == [kernel == "prepacked"] * (runs * len(linears))
     assert (table["matrices"] == len(linears)).all() and (table["n"] >= 1).all()
     elements = sum(m.weight.numel() for m in linears)
@@ -198,8 +199,8 @@ def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tin
     env = {"device": "cpu", **linear_shapes.cpu_isa(), "engine_kernel": linear_shapes.engine_kernel(model)}
     found = shape_curve.curve_findings(table, measurements, env, 1.5)
     assert found["bf16_path"] in {"amx", "avx512_bf16", "emulated"} and found["dtypes"] == ["float32", "bfloat16"]
-    assert found["kernels"] == kernels and found["engine_kernel"] == "aten"  # the fixture's model is not packed
-    assert set(found["prepacked_vs_aten"]) == ({"float32", "bfloat16"} if available() else set())
+    assert found["kernels"] == kernels["float32"] and found["engine_kernel"] == "aten"  # the model is not packed
+    assert set(found["prepacked_vs_aten"]) == {d for d in kernels if "prepacked" in kernels[d]}
 
 
 def test_the_packed_product_equals_f_linear():

@@ -58,3 +58,31 @@ def test_the_server_prepacks_its_own_copy_and_names_a_bad_setting(tiny):
     assert plain.model is model
     with pytest.raises(ConfigError, match="linears"):
         ServerSettings(linears="fast").check()
+
+
+def test_a_cpu_that_cannot_pack_bfloat16_keeps_f_linear_for_it(monkeypatch):
+    """On an AVX2-only CPU oneDNN refuses to pack bfloat16 weights: bfloat16 models keep F.linear there, and D2's
+    shape curve times only aten for bfloat16; float32 still packs."""
+    from profiling.phases.d2_bottlenecks import linear_shapes
+
+    real_pack = prepack.pack_weight
+
+    def pack_as_on_avx2(weight):
+        if weight.dtype == torch.bfloat16:
+            raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or "
+                               "avx512bw, avx512vl and avx512dq")
+        return real_pack(weight)
+
+    monkeypatch.setattr(prepack, "pack_weight", pack_as_on_avx2)
+    prepack.available.cache_clear()
+    try:
+        assert prepack.available(torch.float32) and not prepack.available(torch.bfloat16)
+        model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4)).to(torch.bfloat16)
+        assert prepack.prepack_linears(model) == 0 and not prepack.is_prepacked(model)
+        assert model(torch.randn(2, 16, dtype=torch.bfloat16)).shape == (2, 4)
+        assert prepack.prepack_linears(nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))) == 2
+        both = ["aten", "prepacked"]
+        assert linear_shapes.kernels_for(both, "cpu", torch.bfloat16) == ["aten"]
+        assert linear_shapes.kernels_for(both, "cpu", torch.float32) == both
+    finally:
+        prepack.available.cache_clear()  # the next caller probes this CPU again, with the real packing

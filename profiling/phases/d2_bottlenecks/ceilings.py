@@ -104,7 +104,7 @@ def matmul(device: str, dtype: torch.dtype, size: int, repeats: int) -> Ceiling:
     over a weight packed once, the kernel the engine's linear layers run: the compute roof is the fastest matmul
     this machine runs (MKL's torch.mm reached half of oneDNN's FLOP/s on an AMD CPU, and prefill then read
     MFU > 100%)."""
-    from ...prepack import PACKABLE_DTYPES, available, pack_weight, packed_linear
+    from ...prepack import available, pack_weight, packed_linear
 
     generator = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
@@ -114,7 +114,7 @@ def matmul(device: str, dtype: torch.dtype, size: int, repeats: int) -> Ceiling:
     shape = f"{size}x{size} @ {size}x{size} matmul"
     candidates = [Ceiling("matmul", f"{shape} (torch.mm)",
                           time_repeats(lambda: torch.mm(a, b, out=out), device, repeats), **work)]
-    if device == "cpu" and dtype in PACKABLE_DTYPES and available():
+    if device == "cpu" and available(dtype):
         packed = pack_weight(b.t().contiguous())  # a @ b = a @ (b^T)^T: F.linear's weight is b^T
         candidates.append(Ceiling("matmul", f"{shape} (oneDNN, weight packed once)",
                                   time_repeats(lambda: packed_linear(a, packed), device, repeats), **work))

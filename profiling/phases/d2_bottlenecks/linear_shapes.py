@@ -6,7 +6,7 @@ by each configured kernel:
                packs the weight again at every call above)
     prepacked  the engine's CPU path (prepack.py's PrepackedLinear): each weight reordered once for oneDNN
                (`mkldnn._reorder_linear_weight`, not timed), then `mkldnn._linear_pointwise(x, packed)` per matrix;
-               only on a CPU where prepack.available(), and only for float32 and bfloat16
+               only on a CPU where prepack.available(dtype): float32, and bfloat16 where the CPU packs it
 
 One pass = one product per matrix, in model order, on an input of M rows; it reads every weight once, as a decode
 step at batch M does. Per dtype the weights are made once: the model's own tensors when they already have that
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ...measure import OutOfMemoryGuard, RepeatPolicy, repeat_until_tight
-from ...prepack import PACKABLE_DTYPES, PrepackedLinear, available, is_prepacked, pack_weight, packed_linear
+from ...prepack import PrepackedLinear, available, is_prepacked, pack_weight, packed_linear
 from ...timing import sync
 from .shape_curve import METRIC
 
@@ -54,9 +54,9 @@ def pass_work(weights: list[torch.Tensor], rows: int) -> dict:
 
 
 def kernels_for(wanted: list[str], device: str, dtype: torch.dtype) -> list[str]:
-    """The kernels of `wanted` that run here: aten always; prepacked on a CPU with oneDNN's linear ops, for float32
-    and bfloat16 weights only."""
-    packable = device == "cpu" and dtype in PACKABLE_DTYPES and available()
+    """The kernels of `wanted` that run here: aten always; prepacked on a CPU where oneDNN packs `dtype` (float32;
+    bfloat16 not on an AVX2-only CPU)."""
+    packable = device == "cpu" and available(dtype)
     return [kernel for kernel in wanted if kernel == "aten" or (kernel == "prepacked" and packable)]
 
 
