@@ -157,9 +157,9 @@ def test_verdicts_against_llama_cpp_and_vllm():
     engine = found[("engine_float32_vs_llama_f32", 1)]
     assert engine["ours"] == "sdpa" and engine["verdict"] == "no_peer"  # the engine's fastest float32 setting;
     # llama.cpp's f32 failed
-    vllm = found[("best_vs_vllm", 8)]
-    assert vllm["peer"] == "vLLM compiled" and vllm["ours"] == "int4wo_bf16"
-    assert vllm["ratio"] == pytest.approx((8 / 0.030) / (8 / 0.030)) and vllm["verdict"] == "met"
+    vllm = found[("best_exact_vs_vllm", 8)]  # the fastest exact variant: int4wo_bf16 (0.030 s) is approximate
+    assert vllm["peer"] == "vLLM compiled" and vllm["ours"] == "sdpa" and vllm["ours_token_match_ratio"] == 1.0
+    assert vllm["ratio"] == pytest.approx((8 / 0.050) / (8 / 0.030)) and vllm["verdict"] == "missed"
     slower = verdicts(variant_frame(int4_b1_step=0.012))[("4bit_vs_llama_q4_1", 1)]
     assert slower["ratio"] == pytest.approx(0.012 / 0.011) and slower["verdict"] == "missed"
 
@@ -175,9 +175,10 @@ def test_no_4bit_variant_and_vllm_eager_only():
     meta["notes"]["vllm_offline"]["modes"]["compiled"] = {"measured": False, "note": "start-up timed out"}
     found = verdicts(variant_frame(with_int4=False), meta)
     assert found[("4bit_vs_llama_q4_1", 1)]["verdict"] == "no_candidate"
-    vllm = found[("best_vs_vllm", 8)]
+    vllm = found[("best_exact_vs_vllm", 8)]
     assert vllm["peer"] == "vLLM eager"  # compiled was not measured: the row names the mode it compares with
-    assert vllm["ratio"] == pytest.approx((8 / 0.040) / (8 / 0.045)) and vllm["verdict"] == "met"
+    assert vllm["ours"] == "sdpa" and vllm["ratio"] == pytest.approx((8 / 0.050) / (8 / 0.045))
+    assert vllm["verdict"] == "missed"
 
 
 def test_exact_variants_rank_before_approximate_ones():
@@ -211,7 +212,7 @@ def test_absent_llama_cpp_is_a_note_and_a_row(monkeypatch):
     assert {"system": "llama.cpp", "kind": "llama.cpp", "available": False, "reason": why,
             "reason_key": ""} in side
     found = {t["key"]: t["verdict"] for t in Y.targets(Y.classified(variant_frame(), peer_meta()), peers, [1, 8])}
-    assert found["exact_or_8bit_vs_llama_q8_0"] == "no_peer" and found["best_vs_vllm"] == "met"
+    assert found["exact_or_8bit_vs_llama_q8_0"] == "no_peer" and found["best_exact_vs_vllm"] == "missed"
 
 
 # ---- the section, both editions ----------------------------------------------------------------------------------
@@ -227,7 +228,9 @@ def test_the_yardstick_section_words_the_verdicts(language):
                "meta": meta}
     text = environment(language).get_template("d5_variants/yardsticks.md.j2").render(section=section)
     assert "`llama.cpp q8_0`" in text and "`vLLM eager`" in text and "`int8wo_bf16`" in text
-    assert text.count("✅") == 3 and "❌" not in text  # 8-bit, 4-bit, batch 8 met; f32: no yardstick
+    # 8-bit and 4-bit met; batch 8 missed by the fastest exact variant (sdpa); f32: no yardstick
+    assert text.count("✅") == 2 and text.count("❌") == 1
+    assert ("the best exact variant's decode tok/s" if language == "en" else "最好的精确变体的解码 tok/s") in text
     assert ("add `compiled` to `d5_variants.reference.vllm_modes`" if language == "en" else
             "加上 `compiled`") in text
     header = next(line for line in text.splitlines() if line.startswith("| system |") or line.startswith("| 系统 |"))
