@@ -117,6 +117,25 @@ def test_models_health_and_metrics_parse(start):
     assert samples[("llm_generated_tokens_total", ())] == 3
 
 
+def test_a_stopped_server_lets_its_service_and_kv_pool_go(tiny_model, tmp_path):
+    """A stopped server's service (its model copy, its KV pool: 512 MiB by default) is freed once nothing of the
+    caller's holds it: D4 starts and stops a dozen servers in one process."""
+    import gc
+    import weakref
+
+    server = start_in_thread(ServerSettings(model="tiny-random", port=0, linears="aten", kv_cache_mib=4,
+                                            spans_out=str(tmp_path / "spans.jsonl")),
+                             model=tiny_model[0], tokenizer=tiny_model[1])
+    assert httpx.get(f"{server.base_url}/v1/models").json()["data"][0]["id"] == "tiny-random"
+    reply = httpx.post(f"{server.base_url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=30)
+    assert reply.status_code == 200 and metric_samples(server.base_url)[("llm_generated_tokens_total", ())] == 2
+    service = weakref.ref(server.service)
+    server.stop()
+    del server, reply
+    gc.collect()
+    assert service() is None
+
+
 def test_completion_not_streaming_equals_engine(start, tiny_model):
     server = start()
     body = {"prompt": PROMPTS[1], "max_tokens": 12, "ignore_eos": True, "return_token_ids": True}
