@@ -68,6 +68,20 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def cpu_linears(precision: Precision) -> str | None:
+    """How the run's linear layers run on a CPU: prepacked | aten (None on a GPU). prepacked asked for falls back to
+    aten where this CPU cannot pack the run's dtype (bfloat16 on an AVX2-only CPU; float16), as prepack_linears does."""
+    import torch
+
+    from .prepack import available
+
+    if precision.device != "cpu":
+        return None
+    if precision.linears == "prepacked" and not available(getattr(torch, precision.dtype)):
+        return "aten"
+    return precision.linears
+
+
 def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dict:
     """The full record for the run `run_tag` of `model` on `precision` with `threads` torch threads."""
     import psutil
@@ -92,7 +106,7 @@ def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dic
         "model": model,
         "device": precision.device,
         "dtype": precision.dtype,
-        "cpu_linears": precision.linears if precision.device == "cpu" else None,  # prepacked (oneDNN) | aten
+        "cpu_linears": cpu_linears(precision),  # prepacked (oneDNN) | aten, as the run's linears actually run
         "git_commit": git_commit(),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -26,6 +26,18 @@ def test_env_record_describes_this_machine():
     json.dumps(record)  # serialisable as env.json
 
 
+def test_env_records_how_the_linears_actually_run(monkeypatch):
+    from profiling import prepack
+    from profiling.env import cpu_linears
+
+    assert cpu_linears(Precision("cuda", "float16")) is None
+    assert cpu_linears(Precision("cpu", "float32", linears="aten")) == "aten"
+    assert cpu_linears(Precision("cpu", "float32")) == ("prepacked" if prepack.available() else "aten")
+    monkeypatch.setattr(prepack, "available", lambda dtype=torch.float32: dtype == torch.float32)  # AVX2-only
+    assert cpu_linears(Precision("cpu", "bfloat16")) == "aten"
+    assert cpu_linears(Precision("cpu", "float32")) == "prepacked"
+
+
 def test_run_tag_names_model_device_dtype_host_and_profile():
     config = check_config({"model": "tiny-random", "device": "cpu"})
     assert run_tag(config, host="my host") == "tiny-random_cpu_float32_my-host"
