@@ -661,13 +661,43 @@ def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_chunk(start, ti
     handle = server.service.model.register_forward_pre_hook(fail_on_fourth)
     try:
         with httpx.stream("POST", f"{server.base_url}/v1/completions", timeout=30,
-                          json={"prompt": "boom", "max_tokens": 10, "ignore_eos": True, "stream": True}) as reply:
+                          json={"prompt": "boom", "max_tokens": 10, "ignore_eos": True, "stream": True,
+                                "return_token_ids": True}) as reply:
             payloads = sse_payloads(reply)
     finally:
         handle.remove()
-    tokens = [p for p in payloads if isinstance(p, dict) and p.get("choices")]
-    assert len(tokens) == 3  # three steps made tokens, the fourth failed
+    chunks = [p for p in payloads if isinstance(p, dict) and p.get("choices")]
+    # three steps made tokens, the fourth failed; a busy client may get several tokens in one chunk, the last of
+    # them even with the error: every one is sent before the error chunk
+    assert sum(len(chunk["choices"][0]["token_ids"]) for chunk in chunks) == 3
     assert "injected failure" in payloads[-2]["error"]["message"] and payloads[-1] == "[DONE]"
+
+
+def test_tokens_made_before_a_failure_are_sent_before_the_error_chunk(tiny_model):
+    """A busy front end takes the last tokens and the failure in one batch of events: the tokens still go out, in a
+    chunk of their own, then the error chunk and [DONE]."""
+    from types import SimpleNamespace
+
+    from profiling.serving.api import protocol
+    from profiling.serving.api.app import _Reply
+    from profiling.serving.engine.sequence import Sequence, TokenEvent
+
+    async def stream_all() -> list[str]:
+        seq = Sequence("r-1", [5, 6], max_tokens=10, events=asyncio.Queue())
+        for token in (7, 8, 9):
+            seq.events.put_nowait(TokenEvent(token))
+        seq.events.put_nowait(TokenEvent(None, "error", error="injected failure"))
+        service = SimpleNamespace(tokenizer=tiny_model[1], settings=SimpleNamespace(name="tiny-random"),
+                                  spans=SimpleNamespace(request=lambda *args, **kwargs: None))
+        body = protocol.CompletionRequest(prompt="x", max_tokens=10, stream=True, return_token_ids=True)
+        return [event async for event in _Reply(service, seq, body, chat=False).stream()]
+
+    events = asyncio.run(stream_all())
+    assert events[-1] == "data: [DONE]\n\n" and len(events) == 3
+    tokens, error = (json.loads(event.removeprefix("data: ")) for event in events[:2])
+    assert tokens["choices"][0]["token_ids"] == [7, 8, 9] and tokens["choices"][0]["finish_reason"] is None
+    assert tokens["choices"][0]["text"] == tiny_model[1].decode([7, 8, 9])
+    assert "injected failure" in error["error"]["message"]
 
 
 def test_end_of_sequence_ends_with_stop(start, tiny_model):

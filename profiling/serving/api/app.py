@@ -191,24 +191,28 @@ class _Reply:
         self.service.spans.request(self.seq.request_id, "done", finish_reason=self.finish_reason,
                                    output_tokens=len(self.token_ids))
 
+    def _chunk(self, text: str, ids: list[int], finish_reason: str | None, first: bool) -> dict:
+        """One streamed chunk: a completion's or a chat's (the first chat chunk names the role)."""
+        token_ids = ids if self.body.return_token_ids else None
+        if self.chat:
+            return protocol.chat_chunk(self.seq.request_id, self.model, self.created, text, finish_reason, token_ids,
+                                       first)
+        return protocol.completion_chunk(self.seq.request_id, self.model, self.created, text, finish_reason,
+                                         token_ids)
+
     async def stream(self):
         """The SSE body."""
         finished, first = False, True
         try:
             while self.finish_reason is None:
                 text, ids, detokenize_s = self._absorb(await self._next_events())
-                if self.finish_reason == "error":  # the worker failed: say so, then end the stream
+                if self.finish_reason == "error":  # the worker failed: send the tokens made before, say so, end
+                    if ids:
+                        yield _sse(self._chunk(text, ids, None, first))
                     yield _sse(protocol.error_body(self.error or "generation failed", "server_error", code=500))
                     break
-                token_ids = ids if self.body.return_token_ids else None
-                if self.chat:
-                    chunk = protocol.chat_chunk(self.seq.request_id, self.model, self.created, text,
-                                                self.finish_reason, token_ids, first)
-                else:
-                    chunk = protocol.completion_chunk(self.seq.request_id, self.model, self.created, text,
-                                                      self.finish_reason, token_ids)
+                yield _sse(self._chunk(text, ids, self.finish_reason, first))
                 first = False
-                yield _sse(chunk)
                 self.service.spans.request(self.seq.request_id, "chunk_sent", tokens=len(self.token_ids),
                                            detokenize_s=detokenize_s)
             options = self.body.stream_options
