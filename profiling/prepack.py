@@ -6,7 +6,7 @@ Why: torch's F.linear on a CPU calls MKL's GEMV at 1 row and its GEMM above, and
 at every call. A decode step at batch 2 to 16 then costs about twice batch 1's, though it reads the same weights.
 With the weights packed once, a step's linears cost about the same from 1 to 16 rows: they read the weights once
 per step, which is all a decode step has to do. The numbers of this machine are in D2's linear-shape curve and in
-D5's variant table (the `aten_linears` row is the unpacked path).
+D5's variant table (`sdpa` runs F.linear, `prepacked_sdpa` the same with its linears packed).
 
     cpu_linears: prepacked   float32 and bfloat16 weights on the CPU, packed at load (the default)
     cpu_linears: aten        torch's F.linear, as transformers runs it
