@@ -7,7 +7,9 @@ One layer of SmolLM2-135M's shape (9 query heads, 3 KV heads, head_dim 64), KV i
 
     decode, per-sequence loop     gather each sequence's slots, one SDPA per sequence
     decode, slot gather           every sequence's token slots gathered into (batch, L_max) + a mask, one SDPA
-    decode, block gather          the same, gathered a block at a time (index_select of the block tables)
+    decode, block gather          the same, gathered a block at a time (index_select of the block tables),
+                                  with a bool padding mask, or with an additive one (0 / -inf, built once per
+                                  step: what the runner uses)
     chunk, offset causal          the chunk's blocks gathered, one SDPA with a causal mask shifted by the offset
     mixed, one packed SDPA        every row (decodes and the chunk) against every gathered key, with one
                                   block-diagonal causal mask (what a single varlen call would do without a kernel)
@@ -56,6 +58,7 @@ def candidates(batch: int, context: int, chunk: int) -> dict:
     decode_blocks = tables[:batch, :decode_width].flatten()
     block_valid = torch.zeros(batch, 1, 1, decode_width * BLOCK, dtype=torch.bool)
     block_valid[..., :context] = True
+    block_bias = torch.zeros(block_valid.shape).masked_fill(~block_valid, float("-inf"))
     offset_mask = torch.ones(chunk, context + chunk, dtype=torch.bool).tril(diagonal=context)
 
     def loop():
@@ -67,10 +70,10 @@ def candidates(batch: int, context: int, chunk: int) -> dict:
         k, v = pool_k[padded].transpose(1, 2), pool_v[padded].transpose(1, 2)
         F.scaled_dot_product_attention(q_decode, k, v, attn_mask=valid, enable_gqa=True)
 
-    def by_blocks():
+    def by_blocks(mask):
         k = block_k.index_select(0, decode_blocks).view(batch, -1, KV_HEADS, HEAD_DIM).transpose(1, 2)
         v = block_v.index_select(0, decode_blocks).view(batch, -1, KV_HEADS, HEAD_DIM).transpose(1, 2)
-        F.scaled_dot_product_attention(q_decode, k, v, attn_mask=block_valid, enable_gqa=True)
+        F.scaled_dot_product_attention(q_decode, k, v, attn_mask=mask, enable_gqa=True)
 
     def offset_causal():
         k = block_k.index_select(0, tables[batch]).view(-1, KV_HEADS, HEAD_DIM)[:context + chunk]
@@ -91,9 +94,11 @@ def candidates(batch: int, context: int, chunk: int) -> dict:
         F.scaled_dot_product_attention(q_packed, k, v, attn_mask=mask, enable_gqa=True)
 
     return {"decode, per-sequence loop": loop, "decode, slot gather": gathered,
-            "decode, block gather (ours)": by_blocks, "chunk, offset causal (ours)": offset_causal,
+            "decode, block gather, bool mask": lambda: by_blocks(block_valid),
+            "decode, block gather, additive mask (ours)": lambda: by_blocks(block_bias),
+            "chunk, offset causal (ours)": offset_causal,
             "mixed, one packed SDPA": packed, "mixed, ours (block-gathered decodes + chunk)":
-            lambda: (by_blocks(), offset_causal())}
+            lambda: (by_blocks(block_bias), offset_causal())}
 
 
 def main(argv=None) -> None:
@@ -111,7 +116,7 @@ def main(argv=None) -> None:
           f"{torch.backends.cpu.get_cpu_capability()}; median ms per layer over {args.repeats} calls")
     with torch.inference_mode():
         for name, fn in candidates(args.batch, args.context, args.chunk).items():
-            print(f"  {name:40s} {_median_ms(fn, args.repeats):8.3f}")
+            print(f"  {name:44s} {_median_ms(fn, args.repeats):8.3f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ attention function registered below, which, in every layer,
 
     writes the step's new keys and values into the pool         (slot = block_table[p // B] * B + p % B)
     decode rows (n = 1)   one SDPA over all of them at once:   their blocks gathered (one index_select of the
-                                                               padded block tables) + a padding mask
+                                                               padded block tables) + an additive padding mask
+                                                               (0 / -inf in the model's dtype, built once per step:
+                                                               SDPA takes it as is, where a bool mask is turned
+                                                               into one in every layer, ~20% of the call at batch 16)
     prompt chunks         one SDPA per chunk: its blocks gathered, causal with the chunk's offset
 
 and falls back to the model's original attention when it is called without a step (the offline engine and the
@@ -61,7 +64,7 @@ class PagedStep:
     write_slots: torch.Tensor          # (T,) pool slot (block * block_size + offset) of each new token
     decode_rows: torch.Tensor          # (D,) packed index of each decode token
     decode_blocks: torch.Tensor        # (D * max blocks,) each decode row's block table, padded with block 0
-    decode_valid: torch.Tensor         # (D, 1, 1, max blocks * block_size) bool: real keys
+    decode_bias: torch.Tensor          # (D, 1, 1, max blocks * block_size): 0 for real keys, -inf for padding
     chunks: list                       # (first packed index, tokens, its block ids, keys seen, causal mask or None)
 
 
@@ -82,7 +85,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         q = query[0, :, step.decode_rows].transpose(0, 1)[:, :, None]          # (D, heads, 1, head_dim)
         k = keys.index_select(0, step.decode_blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
         v = values.index_select(0, step.decode_blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_valid, scale=scaling, enable_gqa=True)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_bias.to(q.dtype), scale=scaling, enable_gqa=True)
         out[step.decode_rows] = o[:, :, 0]
     for first, tokens, blocks, seen, mask in step.chunks:
         q = query[:, :, first:first + tokens]                                  # (1, heads, n, head_dim)
@@ -154,14 +157,14 @@ class PagedRunner:
         return picked, out.logits[0]
 
     def _decode_view(self, decodes: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packed rows, padded block tables (flattened) and the key validity mask of the decode rows."""
+        """Packed rows, padded block tables (flattened) and the additive key mask of the decode rows."""
         size = self.pool.block_size
         width = max((len(blocks) for _, blocks, _ in decodes), default=0)
         rows = torch.tensor([first for first, _, _ in decodes], dtype=torch.long)
         tables = torch.zeros((len(decodes), width), dtype=torch.long)
-        valid = torch.zeros((len(decodes), width * size), dtype=torch.bool)
+        bias = torch.full((len(decodes), width * size), float("-inf"), dtype=self.pool.keys[0].dtype)
         for row, (_, blocks, seen) in enumerate(decodes):
             tables[row, :len(blocks)] = torch.tensor(blocks)
-            valid[row, :seen] = True
+            bias[row, :seen] = 0.0
         return (rows.to(self.device), tables.flatten().to(self.device),
-                valid[:, None, None, :].to(self.device))
+                bias[:, None, None, :].to(self.device))
