@@ -647,6 +647,14 @@ def d4_offline_step(run):
     return shown, rows(m[m["variant"] == "offline_b1"], "decode_step_s").median()
 
 
+@figure("D4 offline engine prompt", "D4 measured targets: '… the engine's step at batch B after a N-token prompt, as "
+                                   "the served ones'")
+def d4_offline_prompt(run):
+    shown = printed(run.find("d4_serving", r"after a (?P<n>NUM)-token prompt, as the served ones"))
+    served = run.csv("d4_serving", "requests.csv")
+    return shown, served.loc[served["workload"] == "random", "prompt_tokens"].median()
+
+
 # D5 variants — untraced rows (traced != 1) at the smallest batch size.
 def d5_timed(run: Run, variant: str, batch: int) -> pd.DataFrame:
     m = run.csv("d5_variants")

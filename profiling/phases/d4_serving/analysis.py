@@ -270,6 +270,14 @@ def offline_step(measurements: pd.DataFrame, batch: int | None) -> tuple[int | N
     return nearest, offline.loc[offline["batch_size"] == nearest, "value"].tolist()
 
 
+def offline_prompt_tokens(measurements: pd.DataFrame) -> int | None:
+    """Prompt tokens of the offline generations (each decode step attends to them; None when not measured)."""
+    if "prompt_tokens" not in measurements:
+        return None
+    offline = measurements.loc[measurements["policy"] == "offline", "prompt_tokens"].dropna()
+    return int(offline.median()) if len(offline) else None
+
+
 def saturated_tok_per_s(capacity: pd.DataFrame, server: str) -> float | None:
     """Output tok/s of `server`'s run with every request at once (the best of its sweep when it has none)."""
     rows = capacity[capacity["server"] == server] if len(capacity) else capacity
@@ -325,6 +333,7 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
         "ttft_p50_over_reference": _ratio(ours_mid["ttft_p50_s"] if ours_mid else None,
                                           ref_mid["ttft_p50_s"] if ref_mid else None),
         "decode_batch_p50": batch, "offline_batch": batch_size,
+        "offline_prompt_tokens": offline_prompt_tokens(measurements),
         "offline_step_p50_s": float(np.median(same_batch)) if same_batch else None,
         "offline_step_b1_p50_s": float(np.median(batch_one)) if batch_one else None,
         "tpot_over_offline_step": _finite(tpot_same[0]),

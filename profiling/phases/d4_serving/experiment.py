@@ -5,8 +5,9 @@ writing its server-side spans) or vLLM's OpenAI server (the reference, from .ven
 that share a server's switches share its process (variants.py groups them); each run is driven by the load
 generator in this process, on the same machine (both share its cores; the report says so).
 
-1. Offline baseline: the engine alone (no server) at each of offline_batch_sizes, timed with the one recorder
-   (variant offline_b<B>): the service's TPOT is compared with the engine's step at the same batch size.
+1. Offline baseline: the engine alone (no server) at each of offline_batch_sizes, after a prompt of the served
+   length, timed with the one recorder (variant offline_b<B>): the service's TPOT is compared with the engine's
+   step at the same batch size and context.
 2. Our server (variants.py): the ablation (slab -> paged -> chunked prefill -> prefix caching -> the lever), the
    continuous policy at every rate of the capacity sweep, static and dynamic batching at the policy rate, the
    shared-prefix workload (prefix caching on and off), the long-prompt workload at each step budget, the tenants.
@@ -196,19 +197,25 @@ def workload(cfg: dict, run: LoadRun, tokenizer, seed: int, warm: bool = False) 
 
 
 # ---- the offline baseline ----------------------------------------------------------------------------------------
+OFFLINE_WARMUP_TOKENS = 16  # prompt tokens of the untimed first call at each batch size
+
+
 def offline_baseline(settings: dict, cfg: dict, run_info: Run, tokenizer, rows: Measurements) -> None:
-    """The engine alone at each of offline_batch_sizes: `offline_repeats` timed generations (after one warm-up) of
-    offline_decode_steps tokens from B copies of a short random prompt — the decode step the service's TPOT is
-    compared with, at the batch size the service ran."""
+    """The engine alone at each of offline_batch_sizes: `offline_repeats` timed generations of
+    offline_decode_steps tokens from B copies of a random prompt of the served length (`prompt_tokens`), so each
+    step attends to as many keys as the service's steps do — the decode step the service's TPOT is compared with,
+    at the batch size the service ran. The first call at each batch size (allocations, oneDNN primitives) is an
+    untimed warm-up on the prompt's last OFFLINE_WARMUP_TOKENS tokens, which costs a fraction of a full prefill."""
     model, _, _, _ = timed_loads(settings["model"], run_info)
     torch.set_num_threads(server_threads(settings, cfg))  # the same threads as the server it is compared with
-    prompt, _ = random_prompts(tokenizer, 1, cfg["offline_prompt_tokens"], settings["seed"] + 1)[0]
+    prompt, _ = random_prompts(tokenizer, 1, cfg["prompt_tokens"], settings["seed"] + 1)[0]
     for batch in cfg["offline_batch_sizes"]:
         ids = tokenizer([prompt] * batch, return_tensors="pt")["input_ids"].to(run_info.precision.device)
         mask = torch.ones_like(ids)
         knobs = {"server": "engine", "policy": "offline", "batch_size": batch, "prompt_tokens": int(ids.shape[1]),
                  "max_new_tokens": cfg["offline_decode_steps"] + 1, "threads": torch.get_num_threads()}
-        generate(model, ids, mask, 2)
+        warm = ids[:, -OFFLINE_WARMUP_TOKENS:]
+        generate(model, warm, torch.ones_like(warm), 2)
         for repeat in range(cfg["offline_repeats"]):
             generation = generate(model, ids, mask, cfg["offline_decode_steps"] + 1)
             record_generation(rows, f"offline_b{batch}", repeat, generation.clock, int(generation.tokens.shape[1]),
