@@ -88,6 +88,18 @@ def bootstrap_ratio_ci(numerator, denominator, resamples: int = 2000, seed: int 
     return ratio, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a share `successes / n` (e.g. the requests of a run that met their SLOs): unlike
+    p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is not zero-width at 0% or 100%. NaNs when n is 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 STAT_COLUMNS = ["n", "mean", "std", "cv", "min", "p50", "p90", "p95", "p99", "max", "ci95_low", "ci95_high",
                 "half_width_ratio"]
 

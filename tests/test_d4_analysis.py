@@ -184,3 +184,15 @@ def test_only_a_servers_first_run_sends_warm_up_requests():
     later, _ = workload(cfg, run, tokenizer, seed=0, warm=True)
     assert first.warmup_requests == 2 and later.warmup_requests == 0
     assert len(script["prompts"]) == 3 + 2  # the timed prompts, then spare ones for the warm-up
+
+
+def test_attainment_carries_its_wilson_interval():
+    """11 of 12 requests within the SLOs: 91.7%, Wilson 95% interval 64.6% - 98.5% (the published value for 11/12);
+    12 of 12 is not certain either (75.7% - 100%)."""
+    requests = pd.DataFrame({"success": [True] * 12, "ttft_s": [0.5] * 11 + [3.0], "tpot_s": [0.1] * 12})
+    assert A.attainment(requests, 2.0, 0.25) == pytest.approx(11 / 12)
+    low, high = A.attainment_ci95(requests, 2.0, 0.25)
+    assert (low, high) == (pytest.approx(0.646, abs=5e-4), pytest.approx(0.985, abs=5e-4))
+    requests["ttft_s"] = 0.5
+    low, high = A.attainment_ci95(requests, 2.0, 0.25)
+    assert (low, high) == (pytest.approx(0.7575, abs=5e-4), 1.0)

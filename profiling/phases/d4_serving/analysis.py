@@ -6,7 +6,8 @@ tenants.csv, flow.csv (median seconds of each stage of the flow, per run), steps
 stages.csv (every request's stage times) and findings.json (key numbers and verdict keys; the templates word them).
 
 Definitions (one place):
-    attainment       share of a run's requests that completed and met both SLOs (TTFT and TPOT)
+    attainment       share of a run's requests that completed and met both SLOs (TTFT and TPOT), with its Wilson
+                     95% interval (attainment_ci95_low / _high: what the run's few requests can tell)
     capacity         the highest rate of the sweep whose attainment is at least slo_attainment (0: none)
     kv_reserved_over_held   KV bytes reserved ÷ bytes of the tokens held, summed over the run's steps
     stream ITL p99   the 99th percentile of the gaps between the streams' tokens that overlap the long prompts'
@@ -23,7 +24,7 @@ import pandas as pd
 from ...io import read_json, staged, write_json
 from ...metrics import RUN_ROW, headline, per_repeat
 from ...serving.engine.spans import load_spans, stage_durations, step_table
-from ...stats import bootstrap_ratio_ci, summary_table
+from ...stats import bootstrap_ratio_ci, summary_table, wilson_interval
 from . import NAME as PHASE
 from .variants import ablation_variants, load_name, rate_name
 
@@ -56,13 +57,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 # ---- per run -------------------------------------------------------------------------------------------------
-def attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> float:
-    """Share of the run's requests that completed and met both SLOs (a failed request meets none)."""
-    if not len(requests):
-        return float("nan")
-    good = requests["success"].astype(bool) & (requests["ttft_s"] <= slo_ttft_s) & (
+def met_slos(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> pd.Series:
+    """Per request: True when it completed and met both SLOs (a failed request meets none)."""
+    return requests["success"].astype(bool) & (requests["ttft_s"] <= slo_ttft_s) & (
         requests["tpot_s"].fillna(0) <= slo_tpot_s)
-    return float(good.mean())
+
+
+def attainment(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> float:
+    """Share of the run's requests that completed and met both SLOs."""
+    return float(met_slos(requests, slo_ttft_s, slo_tpot_s).mean()) if len(requests) else float("nan")
+
+
+def attainment_ci95(requests: pd.DataFrame, slo_ttft_s: float, slo_tpot_s: float) -> tuple[float, float]:
+    """The Wilson 95% interval of `attainment` (12 requests: one request is 8.3 points of it)."""
+    return wilson_interval(int(met_slos(requests, slo_ttft_s, slo_tpot_s).sum()), len(requests))
 
 
 def run_table(measurements: pd.DataFrame, requests: pd.DataFrame, steps: pd.DataFrame, spans: list[dict],
@@ -90,6 +98,8 @@ def run_table(measurements: pd.DataFrame, requests: pd.DataFrame, steps: pd.Data
             "request_per_s": float(per_run.get("request_per_s", math.nan)),
             "goodput_req_per_s": float(per_run.get("goodput_req_per_s", math.nan)),
             "attainment": attainment(own, cfg["slo_ttft_s"], cfg["slo_tpot_s"]),
+            **dict(zip(("attainment_ci95_low", "attainment_ci95_high"),
+                       attainment_ci95(own, cfg["slo_ttft_s"], cfg["slo_tpot_s"]))),
             "ttft_p50_s": _p(metric("ttft_s"), 50), "ttft_p99_s": _p(metric("ttft_s"), 99),
             "tpot_p50_s": _p(metric("tpot_s"), 50), "tpot_p99_s": _p(metric("tpot_s"), 99),
             "itl_p50_s": _p(metric("itl_s"), 50), "itl_p99_s": _p(metric("itl_s"), 99),
