@@ -196,3 +196,15 @@ def test_attainment_carries_its_wilson_interval():
     requests["ttft_s"] = 0.5
     low, high = A.attainment_ci95(requests, 2.0, 0.25)
     assert (low, high) == (pytest.approx(0.7575, abs=5e-4), 1.0)
+
+
+def test_tpot_split_separates_decode_only_steps_from_steps_with_prompt_tokens():
+    """Three decode-only steps (90, 80, 100 ms) and one mixed step of 600 ms: the decode-only median is 90 ms, and
+    the step carrying a prompt chunk holds 600 / 870 of the run's step time."""
+    steps = pd.DataFrame({"variant": ["continuous_1"] * 4 + ["other"], "phase": ["decode", "mixed", "decode", "decode",
+                                                                                  "mixed"],
+                          "seconds": [0.09, 0.6, 0.08, 0.1, 5.0]})
+    split = A.tpot_split(steps, "continuous_1")
+    assert split == {"decode_only_step_p50_s": pytest.approx(0.09), "steps": 4, "steps_with_prompt": 1,
+                     "prompt_step_time_share": pytest.approx(0.6 / 0.87)}
+    assert A.tpot_split(steps, "continuous_2")["steps"] is None

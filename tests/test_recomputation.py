@@ -655,6 +655,18 @@ def d4_offline_prompt(run):
     return shown, served.loc[served["workload"] == "random", "prompt_tokens"].median()
 
 
+@figure("D4 TPOT split: share of step time with prompt tokens", "D4 measured targets: 'where that TPOT goes: … · X%'")
+def d4_prompt_step_share(run):
+    rate = printed(run.find("d4_serving", r"\| TPOT p50 at (?P<n>NUM) req/s ÷ the engine's step")).value
+    shown = printed(run.find("d4_serving", r"carry prompt tokens \(every running stream waits for them\) \| NUM× · "
+                                           r"(?P<n>NUM%)"))
+    rates = run.csv("d4_serving", "requests.csv").groupby("variant")["request_rate"].first()
+    variant = next(v for v, r in rates.items() if v.startswith("continuous_") and abs(float(r) - rate) < 0.01)
+    steps = run.csv("d4_serving", "steps.csv")
+    own = steps[steps["variant"] == variant]
+    return shown, own.loc[own["phase"] != "decode", "seconds"].sum() / own["seconds"].sum()
+
+
 # D5 variants — untraced rows (traced != 1) at the smallest batch size.
 def d5_timed(run: Run, variant: str, batch: int) -> pd.DataFrame:
     m = run.csv("d5_variants")

@@ -270,6 +270,21 @@ def decode_batch_p50(steps: pd.DataFrame, variant: str) -> int | None:
     return int(round(own["batch_size"].median())) if len(own) else None
 
 
+def tpot_split(steps: pd.DataFrame, variant: str) -> dict:
+    """Where a run's TPOT goes: its decode-only steps' median (seconds) and median batch, and the share of its step
+    time spent in steps that carry prompt tokens (a prefill or a mixed step: every running decode waits for them).
+    None for each when the run has no steps."""
+    own = steps[steps["variant"] == variant] if len(steps) else steps
+    if not len(own) or own["seconds"].sum() <= 0:
+        return {"decode_only_step_p50_s": None, "steps": None, "steps_with_prompt": None,
+                "prompt_step_time_share": None}
+    decode_only = own[own["phase"] == "decode"]
+    with_prompt = own[own["phase"] != "decode"]
+    return {"decode_only_step_p50_s": float(decode_only["seconds"].median()) if len(decode_only) else None,
+            "steps": int(len(own)), "steps_with_prompt": int(len(with_prompt)),
+            "prompt_step_time_share": float(with_prompt["seconds"].sum() / own["seconds"].sum())}
+
+
 def offline_step(measurements: pd.DataFrame, batch: int | None) -> tuple[int | None, list[float]]:
     """(the measured offline batch size nearest `batch`, its decode steps in seconds)."""
     offline = measurements[(measurements["policy"] == "offline") & (measurements["metric"] == "decode_step_s")]
@@ -318,6 +333,7 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
     served_tpot = measurements.loc[(measurements["variant"] == f"continuous_{mid_load}")
                                    & (measurements["metric"] == "tpot_s"), "value"].tolist()
     tpot_same = bootstrap_ratio_ci(served_tpot, same_batch)
+    split = tpot_split(steps, f"continuous_{mid_load}")
     tpot_one = bootstrap_ratio_ci(served_tpot, batch_one)
     saturated = {server: saturated_tok_per_s(capacity, server) for server in ("ours", "vllm")}
     capacity_censored = {server: capacity_at_top(capacity, server) for server in ("ours", "vllm")}
@@ -349,6 +365,8 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
         "tpot_over_offline_step": _finite(tpot_same[0]),
         "tpot_over_offline_step_ci95": [_finite(tpot_same[1]), _finite(tpot_same[2])],
         "tpot_over_offline_b1": _finite(tpot_one[0]),
+        "tpot_split": {**split, "decode_only_over_offline_step": _ratio(
+            split.get("decode_only_step_p50_s"), float(np.median(same_batch)) if same_batch else None)},
         "goodput_continuous_over_static": _ratio(continuous["goodput_req_per_s"] if continuous else None,
                                                  static["goodput_req_per_s"] if static else None),
         "static_goodput_req_per_s": static["goodput_req_per_s"] if static else None,
