@@ -10,6 +10,7 @@ Each phase of the registry (profiling/phases) gives two commands: `<phase>` (its
 `<phase>_analysis`. Each command's module defines `add_arguments(parser)` and `cli(args)`; only the chosen
 command's module is imported (so `report` does not pay for importing torch).
 Errors in the config are printed as one clear message and exit with status 2.
+Before any command, the C allocator is set to keep freed memory (profiling/allocator.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import argparse
 import importlib
 import sys
 
-from . import phases
+from . import allocator, phases
 from .config import ConfigError
 
 # command name -> (module, one-line help); the phases' commands are added from the registry below.
@@ -36,6 +37,11 @@ for _phase in phases.PHASES:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        allocator.keep_freed_memory()
+    except ValueError as error:
+        print(f"environment error: {error}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m profiling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 from datetime import datetime, timezone
 
+from . import allocator
 from .config import REPO_ROOT, Precision
 
 
@@ -107,6 +108,7 @@ def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dic
         "device": precision.device,
         "dtype": precision.dtype,
         "cpu_linears": cpu_linears(precision),  # prepacked (oneDNN) | aten, as the run's linears actually run
+        "cpu_allocator": allocator.describe(),  # glibc's thresholds for freed memory (profiling/allocator.py)
         "git_commit": git_commit(),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

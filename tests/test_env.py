@@ -7,6 +7,7 @@ import torch
 
 from profiling.config import ConfigError, Precision, check_config
 from profiling.env import collect
+from profiling import allocator
 from profiling.runs import plan_runs, run_tag
 from tests.conftest import REPO
 
@@ -19,6 +20,7 @@ def test_env_record_describes_this_machine():
     assert record["cpu_logical_cores"] >= 1 and record["ram_bytes"] > 0
     assert record["torch_threads"] == torch.get_num_threads()
     assert record["cpu_model"]
+    assert record["cpu_allocator"] == allocator.describe()  # this process's setting, as python -m profiling sets it
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert head and record["git_commit"].removesuffix("-dirty") == head  # this checkout's commit, not "unknown"
