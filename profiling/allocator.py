@@ -59,10 +59,8 @@ def keep_freed_memory() -> str:
 
 
 def describe() -> str:
-    """The allocator setting in words, for env.json: glibc's defaults, or the thresholds this process passes on."""
-    if _mallopt() is None:
-        return "system (not glibc)"
-    if all(variable in os.environ for variable in THRESHOLDS):
-        mmap, trim = (int(os.environ[variable]) for variable in THRESHOLDS)
-        return f"glibc, freed memory kept (mmap threshold {mmap // 2**20} MiB, trim threshold {trim // 2**20} MiB)"
-    return "glibc defaults"
+    """The setting for env.json: `keep (MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1024 MiB)` when this
+    process keeps freed memory and passes it on, else `system` (glibc's defaults, or another C library)."""
+    if _mallopt() is None or not all(variable in os.environ for variable in THRESHOLDS):
+        return "system"
+    return "keep (" + ", ".join(f"{variable}={int(os.environ[variable]) // 2**20} MiB" for variable in THRESHOLDS) + ")"
