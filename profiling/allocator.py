@@ -5,7 +5,7 @@ free top back once it passes the trim threshold. A prefill's activations are suc
 1536 floats = 1.6 MB per MLP tensor), freed and asked for again in every layer, so each one costs a page fault per
 4 KiB page when it is first written. Raising both thresholds keeps freed memory in the heap and the next tensor
 reuses warm pages: what vLLM's CPU guide gets by preloading tcmalloc. Measured on a 2-core AVX-512 machine at one
-thread, one paged step of 2 x 128 prompt tokens: 0.78-0.94 s with glibc's defaults, 0.70-0.76 s kept; decode-only
+thread, one paged step of 2 x 128 prompt tokens: 0.78-0.94 s with glibc's defaults, 0.69-0.76 s kept; decode-only
 steps (tiny tensors) do not change.
 
     keep     (default) mmap threshold 32 MiB (glibc's ceiling on 64-bit), trim threshold 1 GiB: this process by
