@@ -271,7 +271,7 @@ def decode_batch_p50(steps: pd.DataFrame, variant: str) -> int | None:
 
 
 def tpot_split(steps: pd.DataFrame, variant: str) -> dict:
-    """Where a run's TPOT goes: its decode-only steps' median (seconds) and median batch, and the share of its step
+    """Where a run's TPOT goes: its decode-only steps' median (seconds), its step count, and the share of its step
     time spent in steps that carry prompt tokens (a prefill or a mixed step: every running decode waits for them).
     None for each when the run has no steps."""
     own = steps[steps["variant"] == variant] if len(steps) else steps
@@ -333,8 +333,9 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
     served_tpot = measurements.loc[(measurements["variant"] == f"continuous_{mid_load}")
                                    & (measurements["metric"] == "tpot_s"), "value"].tolist()
     tpot_same = bootstrap_ratio_ci(served_tpot, same_batch)
-    split = tpot_split(steps, f"continuous_{mid_load}")
     tpot_one = bootstrap_ratio_ci(served_tpot, batch_one)
+    offline_p50 = float(np.median(same_batch)) if same_batch else None
+    split = tpot_split(steps, f"continuous_{mid_load}")
     saturated = {server: saturated_tok_per_s(capacity, server) for server in ("ours", "vllm")}
     capacity_censored = {server: capacity_at_top(capacity, server) for server in ("ours", "vllm")}
     policy_load = load_name(float(cfg["policy_load"]))
@@ -360,13 +361,13 @@ def targets(runs: pd.DataFrame, measurements: pd.DataFrame, steps: pd.DataFrame,
                                           ref_mid["ttft_p50_s"] if ref_mid else None),
         "decode_batch_p50": batch, "offline_batch": batch_size,
         "offline_prompt_tokens": offline_prompt_tokens(measurements),
-        "offline_step_p50_s": float(np.median(same_batch)) if same_batch else None,
+        "offline_step_p50_s": offline_p50,
         "offline_step_b1_p50_s": float(np.median(batch_one)) if batch_one else None,
         "tpot_over_offline_step": _finite(tpot_same[0]),
         "tpot_over_offline_step_ci95": [_finite(tpot_same[1]), _finite(tpot_same[2])],
         "tpot_over_offline_b1": _finite(tpot_one[0]),
-        "tpot_split": {**split, "decode_only_over_offline_step": _ratio(
-            split.get("decode_only_step_p50_s"), float(np.median(same_batch)) if same_batch else None)},
+        "tpot_split": {**split,
+                       "decode_only_over_offline_step": _ratio(split["decode_only_step_p50_s"], offline_p50)},
         "goodput_continuous_over_static": _ratio(continuous["goodput_req_per_s"] if continuous else None,
                                                  static["goodput_req_per_s"] if static else None),
         "static_goodput_req_per_s": static["goodput_req_per_s"] if static else None,
