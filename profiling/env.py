@@ -70,17 +70,22 @@ def git_commit() -> str:
 
 
 def cpu_linears(precision: Precision) -> str | None:
-    """How the run's linear layers run on a CPU: prepacked | aten (None on a GPU). prepacked asked for falls back to
-    aten where this CPU cannot pack the run's dtype (bfloat16 on an AVX2-only CPU; float16), as prepack_linears does."""
+    """How the run's linear layers run on a CPU: prepacked | aten | small_batch (None on a GPU), as
+    prepack.apply_cpu_linears runs them: small_batch applies to float32 weights (others are packed as with
+    prepacked), and prepacked falls back to aten where this CPU cannot pack the run's dtype (bfloat16 on an
+    AVX2-only CPU; float16)."""
     import torch
 
     from .prepack import available
 
     if precision.device != "cpu":
         return None
-    if precision.linears == "prepacked" and not available(getattr(torch, precision.dtype)):
+    linears = precision.linears
+    if linears == "small_batch" and precision.dtype != "float32":
+        linears = "prepacked"
+    if linears == "prepacked" and not available(getattr(torch, precision.dtype)):
         return "aten"
-    return precision.linears
+    return linears
 
 
 def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dict:
@@ -107,7 +112,7 @@ def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dic
         "model": model,
         "device": precision.device,
         "dtype": precision.dtype,
-        "cpu_linears": cpu_linears(precision),  # prepacked (oneDNN) | aten, as the run's linears actually run
+        "cpu_linears": cpu_linears(precision),  # prepacked (oneDNN) | aten | small_batch, as the run's linears actually run
         "cpu_allocator": allocator.describe(),  # glibc's thresholds for freed memory (profiling/allocator.py)
         "git_commit": git_commit(),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -152,19 +152,24 @@ def _load_error(model: str, error: Exception) -> ConfigError:
 
 
 def load_model(model: str, precision: Precision):
-    """Load the model in `precision.dtype` onto `precision.device`, in eval mode; on a CPU its linear layers are
-    prepacked for oneDNN unless precision.linears is "aten" (prepack.py)."""
+    """Load the model in `precision.dtype` onto `precision.device`, in eval mode; on a CPU its linear layers run as
+    precision.linears says (prepack.py: prepacked for oneDNN, our small-batch kernel, or aten's F.linear)."""
     from transformers import AutoModelForCausalLM
 
-    from .prepack import prepack_linears
+    from .kernels.small_batch import KernelUnavailable
+    from .prepack import apply_cpu_linears
 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(model_source(model), dtype=precision.torch_dtype)
     except OSError as error:
         raise _load_error(model, error) from error
     loaded = loaded.to(precision.device).eval()
-    if precision.device == "cpu" and precision.linears == "prepacked":
-        prepack_linears(loaded)
+    if precision.device == "cpu":
+        try:
+            apply_cpu_linears(loaded, precision.linears)
+        except KernelUnavailable as error:
+            raise ConfigError(f"cpu_linears: small_batch needs our C kernel, which cannot be built here ({error}); "
+                              "install gcc (or set CC), or set cpu_linears: prepacked") from error
     return loaded
 
 

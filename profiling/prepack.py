@@ -10,6 +10,8 @@ D5's variant table (`sdpa` runs F.linear, `prepacked_sdpa` the same with its lin
 
     cpu_linears: prepacked   float32 and bfloat16 weights on the CPU, packed at load (the default)
     cpu_linears: aten        torch's F.linear, as transformers runs it
+    cpu_linears: small_batch float32 linears by our own C kernel at 1 to 4 rows and packed for oneDNN above
+                             (profiling/kernels/small_batch.py); other dtypes packed as with prepacked
 
 bfloat16 weights are packed only where this CPU has the instructions oneDNN's bfloat16 path needs (AVX-512 BW, VL
 and DQ, or AVX-NE-CONVERT): on an AVX2-only CPU the packing raises, and a bfloat16 model keeps torch's F.linear.
@@ -25,7 +27,7 @@ import functools
 import torch
 from torch import nn
 
-CHOICES = ("prepacked", "aten")
+CHOICES = ("prepacked", "aten", "small_batch")
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -87,3 +89,17 @@ def prepack_linears(model: nn.Module) -> int:
 
 def is_prepacked(model: nn.Module) -> bool:
     return any(isinstance(module, PrepackedLinear) for module in model.modules())
+
+
+def apply_cpu_linears(model: nn.Module, linears: str) -> None:
+    """Run `model`'s CPU linear layers as `linears` (one of CHOICES) says, in place: small_batch swaps the float32
+    ones for the C kernel's layers (KernelUnavailable without a C compiler), then prepacked and small_batch pack the
+    float ones left; aten leaves them as they are."""
+    if linears not in CHOICES:
+        raise ValueError(f"cpu_linears: {linears!r} is not one of {', '.join(CHOICES)}")
+    if linears == "small_batch":
+        from .kernels.small_batch import use_small_batch_kernels
+
+        use_small_batch_kernels(model)
+    if linears in ("prepacked", "small_batch"):
+        prepack_linears(model)

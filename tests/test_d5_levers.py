@@ -71,10 +71,13 @@ def test_int4_step_weight_bytes_are_half_a_byte_plus_a_scale_and_zero_per_group(
 def test_unavailable_reasons_of_the_levers():
     assert "CPU" in V.unavailable_reason(V.Spec(quant="int4_weight_only", dtype="bfloat16"), "cuda")
     assert V.unavailable_reason(V.Spec(linears="prepacked"), "cuda")
+    assert "CPU" in V.unavailable_reason(V.Spec(linears="small_batch"), "cuda")
+    assert "ctypes" in V.unavailable_reason(V.Spec(linears="small_batch", compile="default"), "cpu")
     assert "compile" in V.unavailable_reason(V.Spec(freezing=True), "cpu")
     for name, spec in V.CATALOG.items():
-        if spec.quant in ("int4_weight_only", "int8_weight_only") and name != "int8wo":
-            assert spec.dtype == "bfloat16", name  # the kernels' fast path on a CPU
+        if spec.quant in ("int4_weight_only", "int8_weight_only") and name != "int8wo" \
+                and spec.linears != "small_batch":  # our kernel takes float32 activations
+            assert spec.dtype == "bfloat16", name  # torch's kernels' fast path on a CPU
 
 
 def test_freezing_is_an_option_of_one_compilation_not_the_global_config():

@@ -13,8 +13,10 @@ physical cores. A variant changes one or more levers (a `Spec`):
               int4_weight_only  4-bit weights, a scale and a zero per `group_size` input channels (llama.cpp's
                                 q4_1 layout at 32), activations in `dtype` (aten._weight_int4pack_mm_for_cpu); CPU
     group_size 32                                   int4 only: input channels per scale and zero
-    linears   aten | prepacked                      float linears by F.linear, or packed once for oneDNN
-                                                    (profiling/prepack.py; CPU only)
+    linears   aten | prepacked | small_batch        float linears by F.linear, packed once for oneDNN
+                                                    (profiling/prepack.py; CPU only), or our C kernel at 1 to
+                                                    4 rows (profiling/kernels/small_batch.py; CPU only): with
+                                                    int8_weight_only, int8 weights and float32 activations
     cache     dynamic | static                      static: transformers' StaticCache, length prompt + new tokens
     compile   none | default | reduce-overhead      torch.compile (Inductor); with a static cache only the decode
                                                     step is compiled (fixed shapes); reduce-overhead = CUDA graphs
@@ -36,6 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ...engine import generate
+from ...kernels.small_batch import use_small_batch_kernels
 from ...model import model_source
 from ...quantize import quantize_int4_weight_only, quantize_int8_dynamic, quantize_int8_weight_only
 from ...timing import StageClock, sync
@@ -85,6 +88,10 @@ CATALOG: dict[str, Spec] = {
     "int4wo_bf16_sdpa": Spec(attn="sdpa", dtype="bfloat16", quant="int4_weight_only"),
     "int4wo_bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", quant="int4_weight_only",
                                             cache="static", compile="default"),
+    # our own C kernel at 1-4 rows (one pass over each weight row; oneDNN packed above): float32 weights, or int8
+    # weights with float32 activations (the path where torch's int8 kernel is slow)
+    "small_batch_sdpa": Spec(attn="sdpa", linears="small_batch"),
+    "int8wo_small_batch_sdpa": Spec(attn="sdpa", quant="int8_weight_only", linears="small_batch"),
     "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
     "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
                                   cuda_only=True),
@@ -111,6 +118,10 @@ def unavailable_reason(spec: Spec, device: str) -> str | None:
         return "the int4 weight-only kernel used here (aten._weight_int4pack_mm_for_cpu) is the CPU one"
     if spec.linears == "prepacked" and on_cuda:
         return "oneDNN prepacked linears are a CPU path"
+    if spec.linears == "small_batch" and on_cuda:
+        return "our small-batch kernel is a CPU one"
+    if spec.linears == "small_batch" and spec.compile != "none":
+        return "our small-batch kernel is called through ctypes, which torch.compile cannot trace"
     if spec.freezing and spec.compile == "none":
         return "freezing is an Inductor option: it needs compile"
     return None
@@ -316,16 +327,18 @@ def build(name: str, model_name: str, device: str) -> Built:
     sync(device)
     start = time.perf_counter()
     model = load_variant_model(model_name, spec, device)
-    if spec.quant == "int8_weight_only":
+    if spec.quant == "int8_weight_only" and spec.linears == "small_batch":
+        use_small_batch_kernels(model, int8_weights=True)
+    elif spec.quant == "int8_weight_only":
         quantize_int8_weight_only(model, getattr(torch, spec.dtype))
     elif spec.quant == "int4_weight_only":
         quantize_int4_weight_only(model, getattr(torch, spec.dtype), spec.group_size)
     elif spec.quant == "int8_dynamic":
         model = quantize_int8_dynamic(model)
-    if spec.linears == "prepacked":
-        from ...prepack import prepack_linears
+    if spec.linears in ("prepacked", "small_batch"):
+        from ...prepack import apply_cpu_linears
 
-        prepack_linears(model)  # the float nn.Linear layers left (none after a weight-only quantisation)
+        apply_cpu_linears(model, spec.linears)  # the float nn.Linear layers left (none after a weight-only one)
     decoder = None
     if spec.compile != "none":
         import torch._inductor.config as inductor_config

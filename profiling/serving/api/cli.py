@@ -18,7 +18,7 @@ HELP = {
     "quantize": "linear layers: " + " | ".join(QUANTIZE) + " (int8_dynamic: CPU only, approximate; "
                 "int8_weight_only: fast with --dtype bfloat16, slow with float32 activations on a CPU)",
     "linears": "CPU linear layers: prepacked (oneDNN, weights packed once at start: fast at any batch) | aten "
-               "(torch's F.linear)",
+               "(torch's F.linear) | small_batch (float32: our C kernel at 1-4 rows, prepacked above)",
     "host": "address to listen on",
     "port": "port (0 = pick a free one and print it)",
     "policy": "scheduling policy: " + " | ".join(POLICIES),

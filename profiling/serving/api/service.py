@@ -46,15 +46,19 @@ def _eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _prepacked(model, linears: str, owned: bool):
-    """The model with its float linear layers prepacked for oneDNN when `linears` asks and it runs on a CPU (a
-    copy unless `owned`: a model handed in, as the tests do, stays as it was)."""
-    from ...prepack import is_prepacked, prepack_linears
+def _cpu_linears(model, linears: str, owned: bool):
+    """The model with its CPU linear layers run as `linears` says (prepack.apply_cpu_linears: prepacked for
+    oneDNN, or our small-batch kernel) when it runs on a CPU and has plain nn.Linear layers left (a copy unless
+    `owned`: a model handed in, as the tests do, stays as it was)."""
+    from torch import nn
 
-    if linears != "prepacked" or next(model.parameters()).device.type != "cpu" or is_prepacked(model):
+    from ...prepack import apply_cpu_linears
+
+    plain = any(type(module) is nn.Linear for module in model.modules())
+    if linears == "aten" or next(model.parameters()).device.type != "cpu" or not plain:
         return model
     model = model if owned else copy.deepcopy(model)
-    prepack_linears(model)
+    apply_cpu_linears(model, linears)
     return model
 
 
@@ -78,12 +82,12 @@ class Service:
         if owned:
             from ...model import load_model, load_tokenizer
 
-            # quantisation replaces the linear layers first; prepacking then takes the float ones left
+            # quantisation replaces the linear layers first; the CPU linears setting then takes the float ones left
             precision = resolve_precision({"device": settings.device, "dtype": settings.dtype, "cpu_linears": "aten"})
             model = load_model(settings.model, precision)
             tokenizer = load_tokenizer(settings.model)
         model = _quantized(model.eval(), settings.quantize)
-        model = _prepacked(model, settings.linears, owned=owned or settings.quantize != "none")
+        model = _cpu_linears(model, settings.linears, owned=owned or settings.quantize != "none")
         self.model, self.tokenizer = model, tokenizer
         self.context_tokens = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -28,7 +28,7 @@ from ...config import EMBEDDED_MODEL, ConfigError
 POLICIES = ("static", "dynamic", "continuous")
 KV_CACHES = ("paged", "slab")
 QUANTIZE = ("none", "int8_dynamic", "int8_weight_only")  # profiling/quantize.py
-LINEARS = ("prepacked", "aten")  # profiling/prepack.py
+LINEARS = ("prepacked", "aten", "small_batch")  # profiling/prepack.py
 SWITCHES = ("on", "off")
 TENANT_POLICIES = ("fifo", "fair")
 
@@ -43,6 +43,7 @@ class ServerSettings:
     threads: str | int = "auto"       # torch threads: auto = one per physical core
     quantize: str = "none"            # none | int8_dynamic | int8_weight_only (linear layers; see quantize.py)
     linears: str = "prepacked"        # CPU: prepacked (oneDNN, weights packed at start) | aten (F.linear)
+                                      # | small_batch (float32: our C kernel at 1-4 rows, prepacked above)
     host: str = "127.0.0.1"
     port: int = 8000                  # 0 = pick a free port (printed once ready)
     policy: str = "continuous"        # static | dynamic | continuous

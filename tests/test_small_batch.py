@@ -1,0 +1,126 @@
+"""Our small-batch C kernel (profiling/kernels/small_batch.py): F.linear's numbers at every row count around its
+thresholds, int8 weights de-quantised exactly as quantize.py stores them, torch's thread count, the model loader,
+the server and D5's variants on the tiny model, and a clear error without a C compiler."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import REPO
+from profiling.config import Precision
+from profiling.engine import generate
+from profiling.kernels import small_batch
+from profiling.model import load_model
+
+pytestmark = pytest.mark.skipif(not small_batch.available(),
+                                reason=f"the small-batch kernel cannot be built here: {small_batch.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_float32_kernel_computes_what_f_linear_does_at_every_row_count(bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(72, 40, bias=bias)  # in_features not a multiple of a vector: the loop's tail runs
+    layer = small_batch.SmallBatchLinear(linear)
+    for rows in range(1, small_batch.MAX_ROWS + 3):  # the kernel's rows, its 4-row blocks and tail, oneDNN's above
+        x = torch.randn(rows, 72)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 1, 72)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert layer.weight is linear.weight  # a tied lm_head stays tied, byte counts read the original
+
+
+def test_the_int8_kernel_uses_one_scale_per_output_channel():
+    torch.manual_seed(1)
+    linear = nn.Linear(96, 24)
+    layer = small_batch.SmallBatchInt8Linear(linear)
+    assert layer.weight.dtype == torch.int8 and layer.scales.dtype == torch.float32
+    dequantised = layer.weight.float() * layer.scales[:, None]
+    assert (dequantised - linear.weight).abs().max() <= layer.scales.max() / 2 + 1e-6
+    for rows in (1, 3, 5, small_batch.INT8_MAX_ROWS, small_batch.INT8_MAX_ROWS + 1):
+        x = torch.randn(rows, 96)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), F.linear(x, dequantised, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernel_runs_on_torchs_thread_count():
+    lib = small_batch.library()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert lib.kernel_threads() == 1
+        torch.set_num_threads(2)
+        assert lib.kernel_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_loader_swaps_every_float32_linear_and_keeps_the_greedy_tokens(tiny, tmp_path):
+    tiny[0].save_pretrained(tmp_path)
+    tiny[1].save_pretrained(tmp_path)
+    plain = load_model(str(tmp_path), Precision("cpu", "float32", linears="aten"))
+    fast = load_model(str(tmp_path), Precision("cpu", "float32", linears="small_batch"))
+    linears = sum(type(m) is nn.Linear for m in plain.modules())
+    assert sum(isinstance(m, small_batch.SmallBatchLinear) for m in fast.modules()) == linears
+    for batch in (1, 3, 6):  # decode rows through the kernel, and above its rows through oneDNN
+        ids = torch.randint(3, 200, (batch, 9))
+        mask = torch.ones_like(ids)
+        assert torch.equal(generate(plain, ids, mask, 6).tokens, generate(fast, ids, mask, 6).tokens)
+
+
+def test_the_server_runs_its_own_copy_with_the_kernel(tiny):
+    from profiling.serving.api.service import Service
+    from profiling.serving.api.settings import ServerSettings
+
+    model, tokenizer = tiny
+    service = Service(ServerSettings(device="cpu", threads=1, linears="small_batch"), model=model, tokenizer=tokenizer)
+    assert any(isinstance(m, small_batch.SmallBatchLinear) for m in service.model.modules())
+    assert not any(isinstance(m, small_batch.SmallBatchLinear) for m in model.modules())
+
+
+def test_d5s_kernel_variants_give_the_reference_tokens(tmp_path, monkeypatch):
+    from profiling.engine import encode_prompts
+    from profiling.model import load_tokenizer, provision
+    from profiling.phases.d5_variants import variants as V
+    from profiling.timing import StageClock
+
+    monkeypatch.chdir(tmp_path)
+    provision("tiny-random", tmp_path / "resources" / "models" / "tiny-random")
+    inputs = encode_prompts(load_tokenizer("tiny-random"), ["Why is the sky blue?", "Hello"], "cpu")
+    reference = V.build("reference", "tiny-random", "cpu")
+    expected = reference.generate(*inputs, 6, StageClock("cpu"))
+    fast = V.build("small_batch_sdpa", "tiny-random", "cpu")
+    assert sum(isinstance(m, small_batch.SmallBatchLinear) for m in fast.model.modules()) == 2 * 7 + 1
+    assert fast.weight_bytes == reference.weight_bytes
+    assert torch.equal(fast.generate(*inputs, 6, StageClock("cpu")), expected)
+    int8 = V.build("int8wo_small_batch_sdpa", "tiny-random", "cpu")
+    assert sum(isinstance(m, small_batch.SmallBatchInt8Linear) for m in int8.model.modules()) == 2 * 7 + 1
+    assert int8.weight_bytes < 0.3 * reference.weight_bytes  # 1 byte per weight + a scale per channel
+    tokens = int8.generate(*inputs, 6, StageClock("cpu"))
+    assert tokens.shape == expected.shape
+
+
+def test_without_a_c_compiler_the_loader_names_the_setting_and_the_fix(tiny, tmp_path):
+    tiny[0].save_pretrained(tmp_path / "model")
+    tiny[1].save_pretrained(tmp_path / "model")
+    script = ("from profiling.config import ConfigError, Precision\n"
+              "from profiling.kernels import small_batch\n"
+              "from profiling.model import load_model\n"
+              "print(small_batch.unavailable_reason())\n"
+              "try:\n"
+              f"    load_model({str(tmp_path / 'model')!r}, Precision('cpu', 'float32', linears='small_batch'))\n"
+              "except ConfigError as error:\n"
+              "    print('ConfigError:', error)\n")
+    env = {**os.environ, "CC": "no-such-compiler", "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "no C compiler 'no-such-compiler'" in done.stdout
+    assert "ConfigError: cpu_linears: small_batch" in done.stdout and "cpu_linears: prepacked" in done.stdout
