@@ -72,7 +72,6 @@ def test_unavailable_reasons_of_the_levers():
     assert "CPU" in V.unavailable_reason(V.Spec(quant="int4_weight_only", dtype="bfloat16"), "cuda")
     assert V.unavailable_reason(V.Spec(linears="prepacked"), "cuda")
     assert "CPU" in V.unavailable_reason(V.Spec(linears="small_batch"), "cuda")
-    assert "ctypes" in V.unavailable_reason(V.Spec(linears="small_batch", compile="default"), "cpu")
     assert "compile" in V.unavailable_reason(V.Spec(freezing=True), "cpu")
     for name, spec in V.CATALOG.items():
         if spec.quant in ("int4_weight_only", "int8_weight_only") and name != "int8wo" \

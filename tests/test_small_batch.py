@@ -3,6 +3,7 @@ thresholds, int8 weights de-quantised exactly as quantize.py stores them, torch'
 the server and D5's variants on the tiny model, and a clear error without a C compiler."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,6 +106,9 @@ def test_d5s_kernel_variants_give_the_reference_tokens(tmp_path, monkeypatch):
     assert int8.weight_bytes < 0.3 * reference.weight_bytes  # 1 byte per weight + a scale per channel
     tokens = int8.generate(*inputs, 6, StageClock("cpu"))
     assert tokens.shape == expected.shape
+    # the kernels are torch operators with a shape function: a compiled decode step calls them
+    compiled = V.build("int8wo_small_batch_sdpa_static_compile", "tiny-random", "cpu")
+    assert torch.equal(compiled.generate(*inputs, 6, StageClock("cpu")), tokens)
 
 
 def test_without_a_c_compiler_the_loader_names_the_setting_and_the_fix(tiny, tmp_path):
@@ -124,3 +128,40 @@ def test_without_a_c_compiler_the_loader_names_the_setting_and_the_fix(tiny, tmp
     assert done.returncode == 0, done.stderr
     assert "no C compiler 'no-such-compiler'" in done.stdout
     assert "ConfigError: cpu_linears: small_batch" in done.stdout and "cpu_linears: prepacked" in done.stdout
+
+
+def test_a_trace_names_the_kernels_calls_and_the_step_split_counts_their_bytes(tiny, tmp_path):
+    """The kernels are torch operators: the profiler records them with their shapes and dtypes, D2's categories
+    read them as linear layers and the lm_head, and D5's split counts the bytes each call reads (int8: 1 a weight)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from profiling.phases.d2_bottlenecks.op_categories import categorize
+    from profiling.phases.d5_variants.step_split import weight_bytes
+    from profiling.shapes import Shapes
+
+    model, _ = tiny
+    shapes = Shapes.from_config(model.config)
+    for int8 in (False, True):
+        fast = load_model_copy(model, tmp_path, int8)
+        ids = torch.randint(3, 200, (1, 1))
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as traced:
+            fast(input_ids=ids)
+        path = tmp_path / f"trace_{int8}.json"
+        traced.export_chrome_trace(str(path))
+        ops = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("name", "").startswith("llm_infer::")]
+        assert len(ops) == 2 * 7 + 1  # 7 linears per layer, 2 layers, the lm_head
+        parts = [categorize(op["name"], op["args"]["Input Dims"], shapes) for op in ops]
+        assert parts.count("lm_head") == 1 and parts.count("linear") == 2 * 7
+        head = ops[parts.index("lm_head")]
+        per_weight = 1 if int8 else 4
+        expected = shapes.vocab * shapes.hidden * per_weight + (shapes.vocab * 4 if int8 else 0)  # + int8's scales
+        assert weight_bytes(head) == expected
+
+
+def load_model_copy(model, tmp_path, int8: bool):
+    """A deep copy of `model` whose linear layers run by the kernel (int8 weights when `int8`)."""
+    import copy
+
+    fast = copy.deepcopy(model)
+    small_batch.use_small_batch_kernels(fast, int8_weights=int8)
+    return fast

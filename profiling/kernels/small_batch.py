@@ -111,10 +111,43 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _rows(x: torch.Tensor, in_features: int) -> tuple[torch.Tensor, int]:
-    """x as a contiguous (rows, in_features) float32 matrix, and its row count."""
-    flat = x.reshape(-1, in_features)
-    return (flat if flat.is_contiguous() else flat.contiguous()), flat.shape[0]
+def _linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (rows, k) float32 @ weight (n, k).T + bias (n): the C kernel, (rows, n) float32."""
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+    library().linear_f32(x.data_ptr(), weight.data_ptr(), _pointer(bias), out.data_ptr(), x.shape[0],
+                         weight.shape[0], weight.shape[1])
+    return out
+
+
+def _linear_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+    """x (rows, k) float32 @ (weight (n, k) int8 * scales (n)[:, None]).T + bias (n): the C kernel, (rows, n)."""
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+    library().linear_int8(x.data_ptr(), weight.data_ptr(), scales.data_ptr(), _pointer(bias), out.data_ptr(),
+                          x.shape[0], weight.shape[0], weight.shape[1])
+    return out
+
+
+def _output_shape(x: torch.Tensor, weight: torch.Tensor, *unused) -> torch.Tensor:
+    """The ops' output without computing it (torch.compile traces them with these)."""
+    return x.new_empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+
+
+@functools.cache
+def ops() -> torch.library.Library:
+    """The kernels as torch operators, llm_infer::small_batch_linear(x, weight, bias) and
+    llm_infer::small_batch_linear_int8(x, weight, scales, bias): the profiler then records each call under that
+    name, with its shapes, and torch.compile calls them from a compiled graph. KernelUnavailable when the kernel
+    cannot be built here. (The registration lives as long as the returned object: it is cached.)"""
+    library()
+    registry = torch.library.Library("llm_infer", "DEF")
+    registry.define("small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+    registry.define("small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor")
+    for name, kernel in (("small_batch_linear", _linear_f32), ("small_batch_linear_int8", _linear_int8)):
+        registry.impl(name, kernel, "CPU")
+        registry.impl(name, _output_shape, "Meta")
+    return registry
 
 
 class SmallBatchLinear(nn.Module):
@@ -127,17 +160,15 @@ class SmallBatchLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         self._packed = pack_weight(linear.weight) if prepack_available(torch.float32) else None
-        self._lib = library()
+        ops()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat, rows = _rows(x, self.in_features)
-        if rows > MAX_ROWS or x.dtype != torch.float32:
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] > MAX_ROWS or x.dtype != torch.float32:
             if self._packed is not None:
                 return packed_linear(x, self._packed, self.bias)
             return F.linear(x, self.weight, self.bias)
-        out = torch.empty(rows, self.out_features, dtype=torch.float32)
-        self._lib.linear_f32(flat.data_ptr(), self.weight.data_ptr(), _pointer(self.bias), out.data_ptr(),
-                             rows, self.out_features, self.in_features)
+        out = torch.ops.llm_infer.small_batch_linear(flat, self.weight, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -152,16 +183,14 @@ class SmallBatchInt8Linear(Int8WeightOnlyLinear):
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear, torch.float32)
-        self._lib = library()
+        ops()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat, rows = _rows(x, self.in_features)
-        if rows > INT8_MAX_ROWS or x.dtype != torch.float32:
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] > INT8_MAX_ROWS or x.dtype != torch.float32:
             weight = (self.weight.float() * self.scales.float()[:, None]).to(x.dtype)
             return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
-        out = torch.empty(rows, self.out_features, dtype=torch.float32)
-        self._lib.linear_int8(flat.data_ptr(), self.weight.data_ptr(), self.scales.data_ptr(), _pointer(self.bias),
-                              out.data_ptr(), rows, self.out_features, self.in_features)
+        out = torch.ops.llm_infer.small_batch_linear_int8(flat, self.weight, self.scales, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -169,7 +198,7 @@ def use_small_batch_kernels(model: nn.Module, int8_weights: bool = False) -> int
     """Replace every float32 CPU nn.Linear of `model` (lm_head included) by a SmallBatchLinear, or, with
     `int8_weights`, by a SmallBatchInt8Linear; in place. Returns how many were replaced; KernelUnavailable when the
     kernel cannot be built here."""
-    library()
+    ops()
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -37,7 +37,9 @@ CATEGORIES = ["linear", "attention", "norm", "activation", "rotary", "embedding"
               "kv_cache", "other"]
 CATEGORY_LABELS = {"kv_cache": "KV concatenation/copy"}
 
-LINEAR_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm", "_linear_pointwise"}  # mkldnn::_linear_pointwise: prepack.py
+# mkldnn::_linear_pointwise: prepack.py; llm_infer::small_batch_linear(_int8): our C kernel (kernels/small_batch.py)
+LINEAR_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm", "_linear_pointwise", "small_batch_linear",
+              "small_batch_linear_int8"}
 ATTENTION_OPS = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                  "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward",
@@ -66,7 +68,7 @@ def _tensor_shapes(input_dims) -> list[list[int]]:
 
 def categorize(name: str, input_dims, shapes: Shapes) -> str:
     """The category of one aten operator from its name and input shapes (see the module docstring)."""
-    op = name.removeprefix("aten::").removeprefix("mkldnn::")
+    op = name.removeprefix("aten::").removeprefix("mkldnn::").removeprefix("llm_infer::")
     tensors = _tensor_shapes(input_dims)
     last_dims = {t[-1] for t in tensors}
     ranks = {len(t) for t in tensors}

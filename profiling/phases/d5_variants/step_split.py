@@ -76,6 +76,7 @@ LINEAR_INPUTS = {
     "aten::linear": (0, 1, 0), "mkldnn::_linear_pointwise": (0, 1, 0),
     "aten::mm": (0, 1, -1), "aten::matmul": (0, 1, -1), "aten::addmm": (1, 2, -1),
     "aten::_weight_int8pack_mm": (0, 1, 0),
+    "llm_infer::small_batch_linear": (0, 1, 0), "llm_infer::small_batch_linear_int8": (0, 1, 0),
     "aten::_weight_int4pack_mm_for_cpu": (0, 1, 0), "quantized::int4mm_packed_weight_cpu": (0, 1, 0),
     "quantized::linear_dynamic": (0, None, None),
 }

@@ -92,6 +92,9 @@ CATALOG: dict[str, Spec] = {
     # weights with float32 activations (the path where torch's int8 kernel is slow)
     "small_batch_sdpa": Spec(attn="sdpa", linears="small_batch"),
     "int8wo_small_batch_sdpa": Spec(attn="sdpa", quant="int8_weight_only", linears="small_batch"),
+    "small_batch_sdpa_static_compile": Spec(attn="sdpa", linears="small_batch", cache="static", compile="default"),
+    "int8wo_small_batch_sdpa_static_compile": Spec(attn="sdpa", quant="int8_weight_only", linears="small_batch",
+                                                   cache="static", compile="default"),
     "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
     "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
                                   cuda_only=True),
@@ -120,8 +123,6 @@ def unavailable_reason(spec: Spec, device: str) -> str | None:
         return "oneDNN prepacked linears are a CPU path"
     if spec.linears == "small_batch" and on_cuda:
         return "our small-batch kernel is a CPU one"
-    if spec.linears == "small_batch" and spec.compile != "none":
-        return "our small-batch kernel is called through ctypes, which torch.compile cannot trace"
     if spec.freezing and spec.compile == "none":
         return "freezing is an Inductor option: it needs compile"
     return None
