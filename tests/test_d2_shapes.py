@@ -26,11 +26,12 @@ ENVS = {
 }
 
 
-def curve_rows(times_ms: dict, repeats: int = 5, prepacked: dict | None = None) -> pd.DataFrame:
-    """Tidy rows as linear_shapes.measure writes them (`times_ms` by aten, `prepacked` by the packed kernel), each
-    point's repeats spread ±1% around its time."""
+def curve_rows(times_ms: dict, repeats: int = 5, prepacked: dict | None = None,
+               small_batch: dict | None = None) -> pd.DataFrame:
+    """Tidy rows as linear_shapes.measure writes them (`times_ms` by aten, `prepacked` by the packed kernel,
+    `small_batch` by our C kernel), each point's repeats spread ±1% around its time."""
     rows = Measurements("d2_bottlenecks")
-    for kernel, curves in (("aten", times_ms), ("prepacked", prepacked or {})):
+    for kernel, curves in (("aten", times_ms), ("prepacked", prepacked or {}), ("small_batch", small_batch or {})):
         for dtype, times in curves.items():
             size = 4 if dtype == "float32" else 2
             for count, ms in zip(ROWS, times):
@@ -42,8 +43,8 @@ def curve_rows(times_ms: dict, repeats: int = 5, prepacked: dict | None = None) 
     return rows.frame()
 
 
-def verdict(times_ms: dict, env: dict, prepacked: dict | None = None) -> dict:
-    measurements = curve_rows(times_ms, prepacked=prepacked)
+def verdict(times_ms: dict, env: dict, prepacked: dict | None = None, small_batch: dict | None = None) -> dict:
+    measurements = curve_rows(times_ms, prepacked=prepacked, small_batch=small_batch)
     table = shape_curve.curve_table(measurements, ROOF, {"max_repeats": 7, "ci_half_width": 0.05})
     return shape_curve.curve_findings(table, measurements, env, 1.5)
 
@@ -176,7 +177,10 @@ def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tin
 
     model, settings, measurements, out_of_memory, calls = tiny_curve
     assert out_of_memory == []
+    from profiling.kernels import small_batch
+
     kernels = {d: ["aten", "prepacked"] if available(getattr(torch, d)) else ["aten"] for d in ("float32", "bfloat16")}
+    kernels["float32"] += ["small_batch"] if small_batch.available() else []  # our C kernel: float32 only
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     table = shape_curve.curve_table(measurements, ROOF, {"max_repeats": 2, "ci_half_width": 0.05})
     assert list(table.columns) == shape_curve.COLUMNS
@@ -201,6 +205,14 @@ def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tin
     assert found["bf16_path"] in {"amx", "avx512_bf16", "emulated"} and found["dtypes"] == ["float32", "bfloat16"]
     assert found["kernels"] == kernels["float32"] and found["engine_kernel"] == "aten"  # the model is not packed
     assert set(found["prepacked_vs_aten"]) == {d for d in kernels if "prepacked" in kernels[d]}
+    if {"prepacked", "small_batch"} <= set(kernels["float32"]):
+        ours = found["small_batch_vs_prepacked"]
+        assert (ours["rows_min"], ours["rows_max"], ours["max_rows"]) == (1, 4, None)  # no meta note in this env
+        mine, packed = (table[(table["dtype"] == "float32") & (table["kernel"] == k)].set_index("rows")["pass_ms_p50"]
+                        for k in ("small_batch", "prepacked"))
+        assert ours["ratio_min"] == pytest.approx(mine[1] / packed[1])
+        slower = [rows for rows in (1, 2, 4) if mine[rows] > packed[rows]]
+        assert ours["slower_from_rows"] == (slower[0] if slower else None)
 
 
 def test_the_packed_product_equals_f_linear():
@@ -309,6 +321,31 @@ def test_the_section_words_the_kernel_verdict_and_the_engine_kernel(language):
     assert words["gpu"] in gpu and words["heading"] not in gpu
     older = {key: value for key, value in verdict(AMD_AVX2, ENVS["avx2"]).items() if key != "kernels"}
     assert words["older"] in render(older, language)
+
+
+# measured on a 2-core AVX-512 CPU (this project's machine, float32, the model's 211 matrices): ms per pass at M =
+# 1, 2, 4, 8, 16 by oneDNN prepacked and by our small-batch kernel
+AVX512_PREPACKED = {"float32": [33.5, 32.0, 27.9, 31.0, 35.5]}
+AVX512_SMALL_BATCH = {"float32": [19.3, 21.8, 24.9, 40.0, 71.1]}
+
+
+@pytest.mark.parametrize("language, words", [
+    ("en", {"heading": "Our small-batch kernel against oneDNN (float32).", "slower": "it is slower from M = 8 on",
+            "engine": "by our small-batch kernel up to M = 4", "uses": "runs it up to M = 4"}),
+    ("zh", {"heading": "我们的小批量内核对比 oneDNN（float32）。", "slower": "从 M = 8 起它更慢",
+            "engine": "M ≤ 4 时用我们的小批量内核", "uses": "在 M ≤ 4 时用它"}),
+])
+def test_the_section_compares_our_small_batch_kernel_with_onednn(language, words):
+    env = {**ENVS["amx"], "engine_kernel": "small_batch", "small_batch_max_rows": 4}
+    found = verdict(INTEL_AMX, env, prepacked=AVX512_PREPACKED, small_batch=AVX512_SMALL_BATCH)
+    ours = found["small_batch_vs_prepacked"]
+    assert ours["ratio_min"] == pytest.approx(19.3 / 33.5, rel=0.01) and ours["at_min"] == "faster"
+    assert ours["ratio_max"] == pytest.approx(71.1 / 35.5, rel=0.01) and ours["slower_from_rows"] == 8
+    text = render(found, language)
+    assert all(word in text for word in words.values()), text
+    assert "| float32 | small_batch | 1 | **19.3** |" in text and "0.58" in text and "2.00" in text
+    packed_only = render(verdict(INTEL_AMX, ENVS["amx"], prepacked=AVX512_PREPACKED), language)
+    assert words["heading"] not in packed_only  # not timed: no comparison
 
 
 # ---- D3 links to the curve where its decode step jumps ----------------------------------------------------------

@@ -95,9 +95,9 @@ def library() -> ctypes.CDLL:
 
 @functools.cache
 def unavailable_reason() -> str | None:
-    """Why the kernel cannot run here, or None when it can (builds it once)."""
+    """Why the kernel cannot run here, or None when it can (builds it once and registers its operators)."""
     try:
-        library()
+        ops()
     except KernelUnavailable as error:
         return str(error)
     return None

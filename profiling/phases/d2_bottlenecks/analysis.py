@@ -438,8 +438,9 @@ def analyze(settings: dict, measurements_path, meta_path, ceilings_path, trace_p
     linear = meta["notes"].get("linear_shapes") or {}
     curve = curve_table(measurements, roofs["bandwidth_bytes_per_s"], linear.get("repeat_policy"))
     curve_env = {**meta["env"], **(linear.get("isa") or {})}
-    if "engine_kernel" in linear:  # absent in runs measured before the kernels were compared
-        curve_env["engine_kernel"] = linear["engine_kernel"]
+    for key in ("engine_kernel", "small_batch_max_rows"):  # absent in runs measured before they were recorded
+        if key in linear:
+            curve_env[key] = linear[key]
     curve_verdict = curve_findings(curve, measurements, curve_env, cfg["linear_jump_ratio"])
 
     with staged(summary_path, roofline_path, breakdown_path, findings_path, linear_shapes_path) as temps:

@@ -169,7 +169,8 @@ def run(settings: dict, measurements_path, meta_path, ceilings_path, trace_paths
             "repeat_policy": RepeatPolicy(settings, cfg).describe(),
             "linear_shapes": {
                 "isa": linear_shapes.cpu_isa(),
-                "engine_kernel": linear_shapes.engine_kernel(model),  # prepacked | aten | None (not a CPU model)
+                "engine_kernel": linear_shapes.engine_kernel(model),  # prepacked | aten | small_batch | None (GPU)
+                "small_batch_max_rows": linear_shapes.small_batch.MAX_ROWS,  # rows up to which cpu_linears uses it
                 "repeat_policy": linear_shapes.repeat_policy(settings, cfg).describe(),
                 "out_of_memory": linear_out_of_memory,
             },

@@ -7,6 +7,8 @@ by each configured kernel:
     prepacked  the engine's CPU path (prepack.py's PrepackedLinear): each weight reordered once for oneDNN
                (`mkldnn._reorder_linear_weight`, not timed), then `mkldnn._linear_pointwise(x, packed)` per matrix;
                only on a CPU where prepack.available(dtype): float32, and bfloat16 where the CPU packs it
+    small_batch  our C kernel (kernels/small_batch.py: one pass over each weight row) at every M, though
+               `cpu_linears: small_batch` uses it only up to its MAX_ROWS; float32 on a CPU where it builds
 
 One pass = one product per matrix, in model order, on an input of M rows; it reads every weight once, as a decode
 step at batch M does. Per dtype the weights are made once: the model's own tensors when they already have that
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ...measure import OutOfMemoryGuard, RepeatPolicy, repeat_until_tight
+from ...kernels import small_batch
 from ...prepack import PrepackedLinear, available, is_prepacked, pack_weight, packed_linear
 from ...timing import sync
 from .shape_curve import METRIC
@@ -33,7 +36,8 @@ from .shape_curve import METRIC
 ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # the ones the verdict reads
 
 
-LINEARS = (torch.nn.Linear, PrepackedLinear)  # a CPU model's linears are prepacked at load (prepack.py)
+# a CPU model's linears may be prepacked at load (prepack.py) or run by our small-batch kernel
+LINEARS = (torch.nn.Linear, PrepackedLinear, small_batch.SmallBatchLinear)
 
 
 def linear_weights(model) -> list[torch.Tensor]:
@@ -55,9 +59,10 @@ def pass_work(weights: list[torch.Tensor], rows: int) -> dict:
 
 def kernels_for(wanted: list[str], device: str, dtype: torch.dtype) -> list[str]:
     """The kernels of `wanted` that run here: aten always; prepacked on a CPU where oneDNN packs `dtype` (float32;
-    bfloat16 not on an AVX2-only CPU)."""
-    packable = device == "cpu" and available(dtype)
-    return [kernel for kernel in wanted if kernel == "aten" or (kernel == "prepacked" and packable)]
+    bfloat16 not on an AVX2-only CPU); small_batch for float32 on a CPU where our kernel builds."""
+    runs = {"aten": True, "prepacked": device == "cpu" and available(dtype),
+            "small_batch": device == "cpu" and dtype == torch.float32 and small_batch.available()}
+    return [kernel for kernel in wanted if runs.get(kernel, False)]
 
 
 def matrices_for(weights: list[torch.Tensor], kernel: str) -> list[tuple]:
@@ -76,7 +81,11 @@ def prepacked_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     return packed_linear(x, packed)
 
 
-PRODUCTS = {"aten": aten_product, "prepacked": prepacked_product}
+def small_batch_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.llm_infer.small_batch_linear(x, weight, None)
+
+
+PRODUCTS = {"aten": aten_product, "prepacked": prepacked_product, "small_batch": small_batch_product}
 
 
 def timed_pass(matrices: list[tuple], inputs: dict, device: str, kernel: str = "aten") -> float:
@@ -136,8 +145,10 @@ def measure(model, cfg: dict, settings: dict, device: str, threads: int, rows_ou
 
 
 def engine_kernel(model) -> str | None:
-    """How the engine runs this model's linear layers: "prepacked" (PrepackedLinear found), "aten" (plain
-    nn.Linear on a CPU) or None (not a CPU model)."""
+    """How the engine runs this model's linear layers: "small_batch" (our kernel's layers found), "prepacked"
+    (PrepackedLinear found), "aten" (plain nn.Linear on a CPU) or None (not a CPU model)."""
+    if any(isinstance(module, small_batch.SmallBatchLinear) for module in model.modules()):
+        return "small_batch"
     if is_prepacked(model):
         return "prepacked"
     return "aten" if next(model.parameters()).device.type == "cpu" else None

@@ -24,6 +24,9 @@ The verdict keys (findings.json "linear_shapes"; the templates word them):
                   "later" when it jumps at a larger M, "none" without a jump (None without those points).
     bf16_vs_float32  per kernel: bfloat16 time / float32 time at the fewest and at the most rows; "faster" below
                   1 - SIMILAR, "slower" above 1 + SIMILAR, else "similar".
+    small_batch_vs_prepacked  float32, when both ran: our small-batch kernel's time / prepacked time at the fewest
+                  and the most rows (same words), `slower_from_rows` (the first M where it takes longer than
+                  prepacked; None: never) and `max_rows` (the M up to which `cpu_linears: small_batch` uses it)
     prepacked_vs_aten  per dtype timed by both kernels: prepacked time / aten time at the fewest and the most rows
                   (same words), and `jumps`: "only_aten" (F.linear jumps, the packed kernel does not), "both",
                   "neither" or "only_prepacked".
@@ -41,7 +44,7 @@ METRIC = "linear_pass_s"  # the tidy metric of one pass over every linear layer 
 FLAT_SLOPE = 0.2  # s < 0.2: time grows by less than 1.75x over 16x the rows
 LINEAR_SLOPE = 0.7  # s > 0.7: time grows by more than 7x over 16x the rows
 SIMILAR = 0.1  # bfloat16 within ±10% of float32 is "similar"
-KERNELS = ("aten", "prepacked")  # the table's order
+KERNELS = ("aten", "prepacked", "small_batch")  # the table's order
 COLUMNS = ["dtype", "kernel", "rows", "n", "pass_ms_p50", "pass_ms_ci95_low", "pass_ms_ci95_high", "half_width_ratio",
            "at_cap", "pass_ms_min", "pass_ms_max", "per_row_ms", "matrices", "weight_bytes", "gb_per_s",
            "roof_share", "gflop_per_s"]
@@ -189,6 +192,17 @@ def kernels_compared(table: pd.DataFrame, shapes: dict, dtype: str) -> dict | No
     return {**ratios, "jumps": jumps}
 
 
+def small_batch_compared(table: pd.DataFrame, max_rows: int | None) -> dict | None:
+    """Our small-batch kernel's float32 time / prepacked's (compare), the first M where it is slower and the M up to
+    which the engine's small_batch setting uses it; None unless both timed float32."""
+    ours, packed = medians(table, "float32", "small_batch"), medians(table, "float32", "prepacked")
+    ratios = compare(ours, packed)
+    if ratios is None:
+        return None
+    slower = [int(rows) for rows in sorted(set(ours.index) & set(packed.index)) if ours[rows] > packed[rows]]
+    return {**ratios, "slower_from_rows": slower[0] if slower else None, "max_rows": max_rows}
+
+
 def float32_jump(shape: dict | None) -> str | None:
     """gemv_to_gemm | later | none from float32's shape (dtype_shape); None without float32 points."""
     if shape is None:
@@ -226,6 +240,7 @@ def curve_findings(table: pd.DataFrame, measurements: pd.DataFrame, env: dict, j
         "float32_jump": float32_jump(shapes.get("aten", {}).get("float32")),
         "bf16_vs_float32": {kernel: versus(table, "bfloat16", kernel=kernel) for kernel, by_dtype in shapes.items()
                             if {"float32", "bfloat16"} <= set(by_dtype)},
+        "small_batch_vs_prepacked": small_batch_compared(table, env.get("small_batch_max_rows")),
         "prepacked_vs_aten": {dtype: found for dtype in dtypes
                               if (found := kernels_compared(table, shapes, dtype)) is not None},
         "at_cap_points": int(table["at_cap"].sum()),

@@ -23,8 +23,9 @@ CATEGORY_COLOURS = {
 SOURCE_COLOURS = ["#1f77b4", "#8c564b", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e"]  # this phase first, then the others
 STAGE_MARKERS = {"prefill": "s", "decode": "o"}
 DTYPE_COLOURS = {"float32": "#1f77b4", "bfloat16": "#d62728", "float16": "#2ca02c"}
-KERNEL_LINES = {"prepacked": "-", "aten": "--"}  # the shape curve: solid = the engine's CPU kernel
-KERNEL_LABELS = {"prepacked": "prepacked (oneDNN)", "aten": "F.linear (aten)"}
+KERNEL_LINES = {"prepacked": "-", "aten": "--", "small_batch": ":"}  # the shape curve: solid = the engine's default
+KERNEL_LABELS = {"prepacked": "prepacked (oneDNN)", "aten": "F.linear (aten)", "small_batch": "small-batch C kernel"}
+KERNEL_MARKERS = {"prepacked": "o", "aten": "s", "small_batch": "^"}
 
 # How each ceiling is shown: (rate key in ceilings.json, display scale, display unit).
 CEILING_DISPLAY = {
@@ -130,14 +131,14 @@ def breakdown_columns(breakdown: pd.DataFrame) -> tuple[list[str], list[dict]]:
 def d2_linear_shapes(curve: pd.DataFrame, roof_bytes_per_s: float, figures: Path) -> str:
     """Two panels against rows M (log 2): ms per pass over every weight matrix (median, 95% CI bars) and the
     achieved GB/s (weight bytes read / median time) under D2's bandwidth roof, one line per dtype and kernel:
-    colour = dtype, solid = prepacked (oneDNN, packed once), dashed = aten (F.linear). A table without a kernel
-    column (an older run) is all aten."""
+    colour = dtype, solid = prepacked (oneDNN, packed once), dashed = aten (F.linear), dotted = our small-batch C
+    kernel. A table without a kernel column (an older run) is all aten."""
     curve = curve if "kernel" in curve else curve.assign(kernel="aten")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     for (dtype, kernel), group in curve.groupby(["dtype", "kernel"], sort=False):
         group = group.sort_values("rows")
         style = {"color": DTYPE_COLOURS.get(dtype, "#7f7f7f"), "linestyle": KERNEL_LINES.get(kernel, ":"),
-                 "marker": "o" if kernel == "prepacked" else "s", "label": f"{dtype} {KERNEL_LABELS.get(kernel, kernel)}"}
+                 "marker": KERNEL_MARKERS.get(kernel, "s"), "label": f"{dtype} {KERNEL_LABELS.get(kernel, kernel)}"}
         errors = [group["pass_ms_p50"] - group["pass_ms_ci95_low"], group["pass_ms_ci95_high"] - group["pass_ms_p50"]]
         left.errorbar(group["rows"], group["pass_ms_p50"], yerr=errors, capsize=3, **style)
         right.plot(group["rows"], group["gb_per_s"], **style)

@@ -11,7 +11,7 @@ variants, and the verdicts against them. Reads the experiment's rows and meta.js
     TARGETS       our fastest candidate's decode step / the peer's (at most the bound) at the smallest batch, the
                   candidates: exact or at least 8-bit variants against q8_0, 4-bit ones against q4_1, the engine's
                   float32 path (engine_float32: the reference and the variants that change only the engine's own
-                  settings, linears aten | prepacked and attention eager | sdpa; its default is prepacked + sdpa)
+                  settings, linears aten | prepacked | small_batch and attention eager | sdpa; its default is prepacked + sdpa)
                   against f32; at every
                   larger batch our best exact variant's decode tok/s / vLLM's (compiled, else eager; at least
                   the bound): vLLM's tokens are the reference's, so an approximate variant is no match for it.
