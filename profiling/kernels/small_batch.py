@@ -9,10 +9,14 @@ inputs to it (prepack.py).
 
     cpu_linears: small_batch     float32 linears: this kernel at <= MAX_ROWS rows, oneDNN packed above
 
-The kernel is plain C, compiled once per machine by the C compiler (`CC`, else gcc) with -O3 -march=native and
-OpenMP, and cached under CACHE_DIR (the file name holds a hash of the source, the flags and this CPU's flags).
-It sums in another order than torch (vector lanes), so results equal F.linear's up to float rounding. Without a
-compiler, `unavailable_reason()` says why and the layers are not replaced.
+The kernel is plain C (small_batch_linear.c), wrapped as the torch operators llm_infer::small_batch_linear and
+llm_infer::small_batch_linear_int8 by a few lines of C++ (small_batch_ops.cpp): torch's dispatcher calls them
+without Python, the profiler records them by name with their shapes, and torch.compile calls them from a compiled
+graph. Both are compiled once per machine (`CC`, else gcc, with -O3 -march=native and OpenMP; `CXX`, else g++,
+against this torch's headers: ~10 s) and cached under CACHE_DIR, the file name a hash of the sources, the flags,
+the torch version and this CPU's flags. The kernel sums in another order than torch (vector lanes), so results
+equal F.linear's up to float rounding. Without a compiler, `unavailable_reason()` says why and no layer is
+replaced.
 """
 from __future__ import annotations
 
@@ -34,18 +38,20 @@ from ..prepack import available as prepack_available
 from ..prepack import pack_weight, packed_linear
 from ..quantize import Int8WeightOnlyLinear
 
-SOURCE = Path(__file__).with_name("small_batch_linear.c")
+SOURCE = Path(__file__).with_name("small_batch_linear.c")  # the kernels, plain C
+OPS_SOURCE = Path(__file__).with_name("small_batch_ops.cpp")  # their torch operators
 MAX_ROWS = 4  # float32 rows up to which the kernel runs: above, oneDNN is faster (D2's linear-shape curve shows both)
 INT8_MAX_ROWS = 16  # int8 rows up to which the kernel runs (its only rival with float32 activations is to
                     # de-quantise the weights per call, which pays only for a prompt's many rows)
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC",
-         # vectorised sums without -ffast-math, whose start-up code would change the whole process's float mode
-         "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+C_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC",
+           # vectorised sums without -ffast-math, whose start-up code would change the whole process's float mode
+           "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+CXX_FLAGS = ["-O2", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-w"]
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-infer-baseline" / "kernels"
 
 
 class KernelUnavailable(RuntimeError):
-    """The kernel cannot be built or loaded here (no C compiler, a failed build)."""
+    """The kernel cannot be built or loaded here (no C or C++ compiler, a failed build)."""
 
 
 def _cpu_flags() -> str:
@@ -59,45 +65,71 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build(compiler: str) -> Path:
-    """Compile SOURCE into CACHE_DIR (once per source, flags and CPU); the path of the shared library."""
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
-    target = CACHE_DIR / f"small_batch_linear-{key}.so"
+def _compiler(variable: str, default: str) -> str:
+    """The compiler `variable` names (CC, CXX), else `default`; KernelUnavailable when it is not on PATH."""
+    compiler = os.environ.get(variable, default)
+    if shutil.which(compiler) is None:
+        raise KernelUnavailable(f"no {'C' if variable == 'CC' else 'C++'} compiler {compiler!r} on PATH "
+                                f"(set {variable}, or install gcc and g++)")
+    return compiler
+
+
+def _run(command: list[str]) -> None:
+    """Run one compiler command; KernelUnavailable with the end of its error output when it fails."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise KernelUnavailable(f"{command[0]} could not build the small-batch kernel: {result.stderr.strip()[-400:]}")
+
+
+def _build() -> Path:
+    """Compile the kernel and its operators into one shared library under CACHE_DIR (once per sources, flags,
+    torch and CPU); its path."""
+    from torch.utils.cpp_extension import include_paths
+
+    cc, cxx = _compiler("CC", "gcc"), _compiler("CXX", "g++")
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    torch_lib = Path(torch.__file__).parent / "lib"
+    key_parts = [SOURCE.read_text(), OPS_SOURCE.read_text(), cc, cxx, *C_FLAGS, *CXX_FLAGS, abi, torch.__version__,
+                 _cpu_flags()]
+    key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:16]
+    target = CACHE_DIR / f"small_batch-{key}.so"
     if target.exists():
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as staging:  # built aside, then renamed: processes may race
-        built = Path(staging) / target.name
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
-                                timeout=120)
-        if result.returncode != 0:
-            raise KernelUnavailable(f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[-400:]}")
+        kernels, built = Path(staging) / "small_batch_linear.o", Path(staging) / target.name
+        _run([cc, *C_FLAGS, "-c", str(SOURCE), "-o", str(kernels)])
+        _run([cxx, *CXX_FLAGS, abi, *[f"-I{path}" for path in include_paths()], str(OPS_SOURCE), str(kernels),
+              f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-o", str(built)])
         os.replace(built, target)
     return target
 
 
+def _output_shape(x: torch.Tensor, weight: torch.Tensor, *unused) -> torch.Tensor:
+    """The operators' output without computing it (torch.compile traces them with it)."""
+    return x.new_empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+
+
 @functools.cache
 def library() -> ctypes.CDLL:
-    """The compiled kernel, loaded (built at the first call on a machine); KernelUnavailable when it cannot be."""
-    compiler = os.environ.get("CC", "gcc")
-    if shutil.which(compiler) is None:
-        raise KernelUnavailable(f"no C compiler {compiler!r} on PATH (set CC, or install gcc)")
+    """The kernel built (at the first call on a machine) and loaded: its torch operators registered (with their
+    shape functions), the C functions reachable through the returned handle. KernelUnavailable when it cannot be."""
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
+        path = _build()
+        torch.ops.load_library(str(path))
+        handle = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as error:
         raise KernelUnavailable(f"{type(error).__name__}: {error}") from error
-    pointer, size = ctypes.c_void_p, ctypes.c_long
-    lib.linear_f32.argtypes = [pointer, pointer, pointer, pointer, size, size, size]
-    lib.linear_int8.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size]
-    lib.linear_f32.restype = lib.linear_int8.restype = None
-    return lib
+    for name in ("small_batch_linear", "small_batch_linear_int8"):
+        torch.library.register_fake(f"llm_infer::{name}")(_output_shape)
+    return handle
 
 
 @functools.cache
 def unavailable_reason() -> str | None:
-    """Why the kernel cannot run here, or None when it can (builds it once and registers its operators)."""
+    """Why the kernel cannot run here, or None when it can (builds and loads it once)."""
     try:
-        ops()
+        library()
     except KernelUnavailable as error:
         return str(error)
     return None
@@ -105,49 +137,6 @@ def unavailable_reason() -> str | None:
 
 def available() -> bool:
     return unavailable_reason() is None
-
-
-def _pointer(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
-
-
-def _linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (rows, k) float32 @ weight (n, k).T + bias (n): the C kernel, (rows, n) float32."""
-    x = x.contiguous()
-    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    library().linear_f32(x.data_ptr(), weight.data_ptr(), _pointer(bias), out.data_ptr(), x.shape[0],
-                         weight.shape[0], weight.shape[1])
-    return out
-
-
-def _linear_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
-    """x (rows, k) float32 @ (weight (n, k) int8 * scales (n)[:, None]).T + bias (n): the C kernel, (rows, n)."""
-    x = x.contiguous()
-    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    library().linear_int8(x.data_ptr(), weight.data_ptr(), scales.data_ptr(), _pointer(bias), out.data_ptr(),
-                          x.shape[0], weight.shape[0], weight.shape[1])
-    return out
-
-
-def _output_shape(x: torch.Tensor, weight: torch.Tensor, *unused) -> torch.Tensor:
-    """The ops' output without computing it (torch.compile traces them with these)."""
-    return x.new_empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-
-
-@functools.cache
-def ops() -> torch.library.Library:
-    """The kernels as torch operators, llm_infer::small_batch_linear(x, weight, bias) and
-    llm_infer::small_batch_linear_int8(x, weight, scales, bias): the profiler then records each call under that
-    name, with its shapes, and torch.compile calls them from a compiled graph. KernelUnavailable when the kernel
-    cannot be built here. (The registration lives as long as the returned object: it is cached.)"""
-    library()
-    registry = torch.library.Library("llm_infer", "DEF")
-    registry.define("small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-    registry.define("small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor")
-    for name, kernel in (("small_batch_linear", _linear_f32), ("small_batch_linear_int8", _linear_int8)):
-        registry.impl(name, kernel, "CPU")
-        registry.impl(name, _output_shape, "Meta")
-    return registry
 
 
 class SmallBatchLinear(nn.Module):
@@ -160,7 +149,7 @@ class SmallBatchLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         self._packed = pack_weight(linear.weight) if prepack_available(torch.float32) else None
-        ops()
+        library()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -183,7 +172,7 @@ class SmallBatchInt8Linear(Int8WeightOnlyLinear):
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear, torch.float32)
-        ops()
+        library()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -198,7 +187,7 @@ def use_small_batch_kernels(model: nn.Module, int8_weights: bool = False) -> int
     """Replace every float32 CPU nn.Linear of `model` (lm_head included) by a SmallBatchLinear, or, with
     `int8_weights`, by a SmallBatchInt8Linear; in place. Returns how many were replaced; KernelUnavailable when the
     kernel cannot be built here."""
-    ops()
+    library()
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
