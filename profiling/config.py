@@ -161,7 +161,9 @@ class Precision:
 
     device: str  # "cpu" or "cuda"
     dtype: str  # one of DTYPE_NAMES
-    linears: str = "prepacked"  # on a CPU: prepacked (oneDNN, packed at load) or aten (F.linear); see prepack.py
+    linears: str = "prepacked"  # on a CPU: prepacked (oneDNN, packed at load), aten (F.linear) or small_batch (our
+                                # C kernel at 1-4 rows, prepacked above); see prepack.py. The config's default:
+                                # small_batch
 
     @property
     def torch_dtype(self):
@@ -208,7 +210,16 @@ def resolve_precision(config: dict) -> Precision:
     dtype = config.get("dtype", "auto")
     if dtype == "auto":
         dtype = "float16" if device == "cuda" else "float32"
-    return Precision(device=device, dtype=dtype, linears=config.get("cpu_linears", "prepacked"))
+    linears = config.get("cpu_linears", "small_batch")
+    if device == "cpu" and linears == "small_batch":
+        from .kernels import missing_compilers
+
+        if missing_compilers():
+            raise ConfigError(
+                f"cpu_linears: small_batch builds our C kernel once on this machine, but {', '.join(missing_compilers())} "
+                "is not on PATH. Install gcc and g++ (or set CC / CXX), or set cpu_linears: prepacked (oneDNN)."
+            )
+    return Precision(device=device, dtype=dtype, linears=linears)
 
 
 def confirm_device(precision: Precision) -> None:

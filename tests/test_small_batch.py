@@ -165,3 +165,14 @@ def load_model_copy(model, tmp_path, int8: bool):
     fast = copy.deepcopy(model)
     small_batch.use_small_batch_kernels(fast, int8_weights=int8)
     return fast
+
+
+def test_the_config_defaults_to_the_kernel_and_checks_its_compilers_before_any_job(monkeypatch):
+    from profiling.config import ConfigError, check_config, resolve_precision
+
+    config = check_config({"device": "cpu"})
+    assert config["cpu_linears"] == "small_batch" and resolve_precision(config).linears == "small_batch"
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(ConfigError, match=r"cpu_linears: small_batch .* CXX=no-such-compiler .* cpu_linears: prepacked"):
+        resolve_precision(config)
+    assert resolve_precision({**config, "cpu_linears": "prepacked"}).linears == "prepacked"  # needs no compiler

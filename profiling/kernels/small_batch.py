@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import COMPILERS
 from ..prepack import available as prepack_available
 from ..prepack import pack_weight, packed_linear
 from ..quantize import Int8WeightOnlyLinear
@@ -65,9 +66,10 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _compiler(variable: str, default: str) -> str:
-    """The compiler `variable` names (CC, CXX), else `default`; KernelUnavailable when it is not on PATH."""
-    compiler = os.environ.get(variable, default)
+def _compiler(variable: str) -> str:
+    """The compiler `variable` names (CC, CXX), else its default (COMPILERS); KernelUnavailable when it is not on
+    PATH."""
+    compiler = os.environ.get(variable, COMPILERS[variable])
     if shutil.which(compiler) is None:
         raise KernelUnavailable(f"no {'C' if variable == 'CC' else 'C++'} compiler {compiler!r} on PATH "
                                 f"(set {variable}, or install gcc and g++)")
@@ -86,7 +88,7 @@ def _build() -> Path:
     torch and CPU); its path."""
     from torch.utils.cpp_extension import include_paths
 
-    cc, cxx = _compiler("CC", "gcc"), _compiler("CXX", "g++")
+    cc, cxx = _compiler("CC"), _compiler("CXX")
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     torch_lib = Path(torch.__file__).parent / "lib"
     key_parts = [SOURCE.read_text(), OPS_SOURCE.read_text(), cc, cxx, *C_FLAGS, *CXX_FLAGS, abi, torch.__version__,

@@ -94,7 +94,7 @@ def server_settings(settings: dict, cfg: dict, run: LoadRun, spans_path: Path) -
     quantize = run.lever if run.lever.startswith("int8") else "none"
     return ServerSettings(
         model=settings["model"], device=settings["device"], dtype=dtype, quantize=quantize,
-        linears=run.linears or settings.get("cpu_linears", "prepacked"),
+        linears=run.linears or settings.get("cpu_linears", "small_batch"),
         threads=server_threads(settings, cfg), port=0, policy=run.policy,
         max_batch=tenants["max_batch"] if run.workload == "tenants" else cfg["max_batch"],
         kv_cache=run.kv_cache, kv_block_size=cfg["kv_block_size"], kv_cache_mib=cfg["kv_cache_mib"],

@@ -5,7 +5,8 @@ One run = one server (ours with its switches, or vLLM's) under one workload. Our
     kv_cache        slab | paged
     max_step_tokens 0 (prompts run whole, in steps of their own) or the step's token budget (chunked prefill)
     prefix_cache    on | off
-    linears         "" (the run's cpu_linears), prepacked (oneDNN, weights packed once) or aten (torch's F.linear)
+    linears         "" (the run's cpu_linears), small_batch (our C kernel at 1-4 rows, oneDNN above), prepacked
+                    (oneDNN, weights packed once) or aten (torch's F.linear)
     lever           "" or the engine lever from D5 that applies to batches (e.g. dtype bfloat16)
 Workloads: "random" (random prompts of prompt_tokens, at a rate), "prefix" (one shared system prompt + a short
 question each), "long" (running streams, then long prompts arriving among them), "tenants" (one noisy tenant).
@@ -16,7 +17,7 @@ fits the machine it runs on, as guidellm's sweep profile spreads its rates betwe
 throughput rates it measured. Both servers run at the same absolute rates.
 
 Names (<load>: "sat" = all at once, "60pct" = 0.6 x the saturated rate):
-    ablation_<step>        ours, one idea added per step: slab (F.linear), kernels (prepacked linears), paged,
+    ablation_<step>        ours, one idea added per step: slab (F.linear), kernels (the run's cpu_linears), paged,
                            chunked, (prefix: continuous_<ablation load>), lever (random workload)
     continuous_<load>      ours with every idea on but the lever, in the model's dtype as vLLM runs it: the
                            capacity sweep (and the policy comparison's continuous row)
@@ -97,7 +98,7 @@ def our_runs(cfg: dict) -> list[Run]:
     (every other random-workload rate is a share of its rate)."""
     best = Run("", "ours", "random", math.nan, max_step_tokens=int(cfg["max_step_tokens"]))
     steps = {"slab": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off", linears="aten"),
-             "kernels": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off", linears="prepacked"),
+             "kernels": replace(best, kv_cache="slab", max_step_tokens=0, prefix_cache="off"),
              "paged": replace(best, max_step_tokens=0, prefix_cache="off"),
              "chunked": replace(best, prefix_cache="off"),
              "lever": replace(best, lever=cfg["lever"])}
