@@ -167,7 +167,7 @@ def test_verdicts_against_llama_cpp_and_vllm():
 def test_engine_float32_path_is_the_engines_own_settings():
     """The float32 target's candidates: the variants that change only the engine's settings (linears, attention)."""
     chosen = {name for name, spec in V.CATALOG.items() if Y.engine_float32(asdict(spec))}
-    assert chosen == {"reference", "sdpa", "prepacked_sdpa"}
+    assert chosen == {"reference", "sdpa", "prepacked_sdpa", "small_batch_sdpa"}
 
 
 def test_no_4bit_variant_and_vllm_eager_only():
