@@ -72,7 +72,7 @@ class Run:
     kv_cache: str = "paged"
     max_step_tokens: int = 0
     prefix_cache: str = "on"
-    linears: str = ""           # "" (the run's cpu_linears) | prepacked | aten
+    linears: str = ""           # "" (the run's cpu_linears) | small_batch | prepacked | aten
     lever: str = ""             # "" or the config's lever (auto, bfloat16, int8_dynamic, …; resolved by the experiment)
     tenant_policy: str = "fifo"
 
