@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,11 +215,11 @@ def resolve_precision(config: dict) -> Precision:
     if device == "cpu" and linears == "small_batch":
         from .kernels import missing_compilers
 
-        if missing_compilers():
-            raise ConfigError(
-                f"cpu_linears: small_batch builds our C kernel once on this machine, but {', '.join(missing_compilers())} "
-                "is not on PATH. Install gcc and g++ (or set CC / CXX), or set cpu_linears: prepacked (oneDNN)."
-            )
+        if missing_compilers():  # the run goes on with oneDNN; env.json and the report then say prepacked
+            print(f"cpu_linears: small_batch builds our C kernel once on this machine, but "
+                  f"{', '.join(missing_compilers())} is not on PATH: running with cpu_linears: prepacked (oneDNN) "
+                  "instead. Install gcc and g++ (or set CC / CXX) to use it.", file=sys.stderr)
+            linears = "prepacked"
     return Precision(device=device, dtype=dtype, linears=linears)
 
 
