@@ -71,8 +71,8 @@ def git_commit() -> str:
 
 def cpu_linears(precision: Precision) -> str | None:
     """How the run's linear layers run on a CPU: prepacked | aten | small_batch (None on a GPU), as
-    prepack.apply_cpu_linears runs them: small_batch applies to float32 weights (others are packed as with
-    prepacked), and prepacked falls back to aten where this CPU cannot pack the run's dtype (bfloat16 on an
+    prepack.apply_cpu_linears runs them: small_batch applies to float32 weights where our kernel builds (others, or
+    without the kernel, are packed as with prepacked), and prepacked falls back to aten where this CPU cannot pack the run's dtype (bfloat16 on an
     AVX2-only CPU; float16)."""
     import torch
 
@@ -81,8 +81,11 @@ def cpu_linears(precision: Precision) -> str | None:
     if precision.device != "cpu":
         return None
     linears = precision.linears
-    if linears == "small_batch" and precision.dtype != "float32":
-        linears = "prepacked"
+    if linears == "small_batch":
+        from .kernels import small_batch
+
+        if precision.dtype != "float32" or not small_batch.available():
+            linears = "prepacked"  # as model.load_model falls back
     if linears == "prepacked" and not available(getattr(torch, precision.dtype)):
         return "aten"
     return linears

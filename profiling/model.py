@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -167,9 +168,10 @@ def load_model(model: str, precision: Precision):
     if precision.device == "cpu":
         try:
             apply_cpu_linears(loaded, precision.linears)
-        except KernelUnavailable as error:
-            raise ConfigError(f"cpu_linears: small_batch needs our C kernel, which cannot be built here ({error}); "
-                              "install gcc (or set CC), or set cpu_linears: prepacked") from error
+        except KernelUnavailable as error:  # the run goes on with oneDNN, as env.cpu_linears records
+            print(f"cpu_linears: small_batch: our C kernel cannot be built here ({error}); running with "
+                  "cpu_linears: prepacked (oneDNN) instead", file=sys.stderr)
+            apply_cpu_linears(loaded, "prepacked")
     return loaded
 
 

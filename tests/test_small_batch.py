@@ -111,23 +111,25 @@ def test_d5s_kernel_variants_give_the_reference_tokens(tmp_path, monkeypatch):
     assert torch.equal(compiled.generate(*inputs, 6, StageClock("cpu")), tokens)
 
 
-def test_without_a_c_compiler_the_loader_names_the_setting_and_the_fix(tiny, tmp_path):
+def test_without_a_c_compiler_the_loader_says_so_and_runs_with_onednn(tiny, tmp_path):
     tiny[0].save_pretrained(tmp_path / "model")
     tiny[1].save_pretrained(tmp_path / "model")
-    script = ("from profiling.config import ConfigError, Precision\n"
+    script = ("from profiling.config import Precision\n"
+              "from profiling.env import cpu_linears\n"
               "from profiling.kernels import small_batch\n"
               "from profiling.model import load_model\n"
+              "from profiling.prepack import is_prepacked\n"
               "print(small_batch.unavailable_reason())\n"
-              "try:\n"
-              f"    load_model({str(tmp_path / 'model')!r}, Precision('cpu', 'float32', linears='small_batch'))\n"
-              "except ConfigError as error:\n"
-              "    print('ConfigError:', error)\n")
+              "precision = Precision('cpu', 'float32', linears='small_batch')\n"
+              f"model = load_model({str(tmp_path / 'model')!r}, precision)\n"
+              "print('packed', is_prepacked(model), cpu_linears(precision))\n")
     env = {**os.environ, "CC": "no-such-compiler", "XDG_CACHE_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "no C compiler 'no-such-compiler'" in done.stdout
-    assert "ConfigError: cpu_linears: small_batch" in done.stdout and "cpu_linears: prepacked" in done.stdout
+    assert "cpu_linears: small_batch: our C kernel cannot be built here" in done.stderr
+    assert "running with cpu_linears: prepacked" in done.stderr and "packed True prepacked" in done.stdout
 
 
 def test_a_trace_names_the_kernels_calls_and_the_step_split_counts_their_bytes(tiny, tmp_path):

@@ -94,11 +94,16 @@ def _build() -> Path:
     key_parts = [SOURCE.read_text(), OPS_SOURCE.read_text(), cc, cxx, *C_FLAGS, *CXX_FLAGS, abi, torch.__version__,
                  _cpu_flags()]
     key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:16]
-    target = CACHE_DIR / f"small_batch-{key}.so"
+    cache = CACHE_DIR
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: the machine's temporary directory
+        cache = Path(tempfile.gettempdir()) / "llm-infer-baseline-kernels"
+        cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"small_batch-{key}.so"
     if target.exists():
         return target
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as staging:  # built aside, then renamed: processes may race
+    with tempfile.TemporaryDirectory(dir=cache) as staging:  # built aside, then renamed: processes may race
         kernels, built = Path(staging) / "small_batch_linear.o", Path(staging) / target.name
         _run([cc, *C_FLAGS, "-c", str(SOURCE), "-o", str(kernels)])
         _run([cxx, *CXX_FLAGS, abi, *[f"-I{path}" for path in include_paths()], str(OPS_SOURCE), str(kernels),
