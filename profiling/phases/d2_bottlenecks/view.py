@@ -152,11 +152,12 @@ def d2_linear_shapes(curve: pd.DataFrame, roof_bytes_per_s: float, figures: Path
         ax.grid(True, which="both", alpha=0.2)
         ax.legend(fontsize=7)
     left.set_yscale("log")
-    left.set_ylabel("ms per pass over every weight matrix (median, 95% CI)")
+    left.set_ylabel("ms per pass over all matrices (median, 95% CI)")
     right.set_ylabel("achieved GB/s (weight bytes read / time)")
     right.set_ylim(bottom=0)
     kernels = " and ".join(KERNEL_LABELS.get(k, k) for k in curve["kernel"].unique())
-    fig.suptitle(f"Linear-layer shape curve: the model's {int(curve['matrices'].iloc[0])} weight matrices, {kernels}")
+    fig.suptitle(f"Linear-layer shape curve: the model's {int(curve['matrices'].iloc[0])} weight matrices,\n{kernels}",
+                 fontsize=11)
     return save(fig, figures, f"{PHASE}_linear_shapes")
 
 
