@@ -15,8 +15,9 @@ without Python, the profiler records them by name with their shapes, and torch.c
 graph. Both are compiled once per machine (`CC`, else gcc, with -O3 -march=native and OpenMP; `CXX`, else g++,
 against this torch's headers: ~10 s) and cached under CACHE_DIR, the file name a hash of the sources, the flags,
 the torch version and this CPU's flags. The kernel sums in another order than torch (vector lanes), so results
-equal F.linear's up to float rounding. Without a compiler, `unavailable_reason()` says why and no layer is
-replaced.
+equal F.linear's up to float rounding. Without a compiler, or when the build fails, `unavailable_reason()` says
+why, use_small_batch_kernels raises KernelUnavailable, and the model loader packs the layers for oneDNN instead
+(model.load_model; env.json then records prepacked).
 """
 from __future__ import annotations
 
