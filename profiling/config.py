@@ -215,9 +215,10 @@ def resolve_precision(config: dict) -> Precision:
     if device == "cpu" and linears == "small_batch":
         from .kernels import missing_compilers
 
-        if missing_compilers():  # the run goes on with oneDNN; env.json and the report then say prepacked
+        missing = missing_compilers()
+        if missing:  # the run goes on with oneDNN; env.json and the report then say prepacked
             print(f"cpu_linears: small_batch builds our C kernel once on this machine, but "
-                  f"{', '.join(missing_compilers())} is not on PATH: running with cpu_linears: prepacked (oneDNN) "
+                  f"{', '.join(missing)} is not on PATH: running with cpu_linears: prepacked (oneDNN) "
                   "instead. Install gcc and g++ (or set CC / CXX) to use it.", file=sys.stderr)
             linears = "prepacked"
     return Precision(device=device, dtype=dtype, linears=linears)

@@ -71,9 +71,9 @@ def git_commit() -> str:
 
 def cpu_linears(precision: Precision) -> str | None:
     """How the run's linear layers run on a CPU: prepacked | aten | small_batch (None on a GPU), as
-    prepack.apply_cpu_linears runs them: small_batch applies to float32 weights where our kernel builds (others, or
-    without the kernel, are packed as with prepacked), and prepacked falls back to aten where this CPU cannot pack the run's dtype (bfloat16 on an
-    AVX2-only CPU; float16)."""
+    prepack.apply_cpu_linears and model.load_model run them: small_batch applies to float32 weights where our kernel
+    builds (other dtypes, or no kernel, are packed as with prepacked), and prepacked falls back to aten where this
+    CPU cannot pack the run's dtype (bfloat16 on an AVX2-only CPU; float16)."""
     import torch
 
     from .prepack import available

@@ -8,7 +8,11 @@ import shutil
 COMPILERS = {"CC": "gcc", "CXX": "g++"}  # the C kernel, and its torch operators in C++
 
 
+def compiler(variable: str) -> str:
+    """The compiler that `variable` (CC or CXX) names, else its default in COMPILERS."""
+    return os.environ.get(variable, COMPILERS[variable])
+
+
 def missing_compilers() -> list[str]:
     """The compilers (as `VAR=name`) that are not on PATH: empty when the kernels can be built here."""
-    return [f"{variable}={os.environ.get(variable, default)}" for variable, default in COMPILERS.items()
-            if shutil.which(os.environ.get(variable, default)) is None]
+    return [f"{variable}={compiler(variable)}" for variable in COMPILERS if shutil.which(compiler(variable)) is None]

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import COMPILERS
+from . import compiler
 from ..prepack import available as prepack_available
 from ..prepack import pack_weight, packed_linear
 from ..quantize import Int8WeightOnlyLinear
@@ -68,13 +68,12 @@ def _cpu_flags() -> str:
 
 
 def _compiler(variable: str) -> str:
-    """The compiler `variable` names (CC, CXX), else its default (COMPILERS); KernelUnavailable when it is not on
-    PATH."""
-    compiler = os.environ.get(variable, COMPILERS[variable])
-    if shutil.which(compiler) is None:
-        raise KernelUnavailable(f"no {'C' if variable == 'CC' else 'C++'} compiler {compiler!r} on PATH "
+    """The compiler `variable` names (CC, CXX; kernels.compiler); KernelUnavailable when it is not on PATH."""
+    name = compiler(variable)
+    if shutil.which(name) is None:
+        raise KernelUnavailable(f"no {'C' if variable == 'CC' else 'C++'} compiler {name!r} on PATH "
                                 f"(set {variable}, or install gcc and g++)")
-    return compiler
+    return name
 
 
 def _run(command: list[str]) -> None:
