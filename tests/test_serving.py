@@ -239,6 +239,8 @@ KV_SETUPS = {
     "slab": {"kv_cache": "slab"},
     "paged": {"kv_cache": "paged", "max_step_tokens": 0, "prefix_cache": "off"},
     "chunked": {"kv_cache": "paged", "max_step_tokens": 8, "prefix_cache": "off"},  # prompts span several steps
+    "chunked_sdpa": {"kv_cache": "paged", "max_step_tokens": 8, "prefix_cache": "off",  # decodes by SDPA, not
+                     "paged_attention": "sdpa"},                                        # our kernel
     "preempting": {"kv_cache": "paged", "kv_block_size": 4, "kv_blocks": 48, "max_step_tokens": 16},  # too few
 }
 
@@ -268,7 +270,7 @@ def test_continuous_batching_equals_alone_token_for_token(start, tiny_model, set
     if KV_SETUPS[setup].get("max_step_tokens"):  # prompt chunks ran beside decodes, within the step's budget
         joined = steps[steps.phase == "mixed"]
         assert steps.tokens_in.max() <= KV_SETUPS[setup]["max_step_tokens"]
-    if setup == "chunked":
+    if setup.startswith("chunked"):
         assert (steps.prompt_tokens_in > 0).sum() > len(PROMPTS)  # some prompt took more than one step
     assert len(joined) > 0, "no request joined a running batch"
     if setup == "preempting":

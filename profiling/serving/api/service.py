@@ -113,7 +113,10 @@ class Service:
         pool = PagedKVPool(config, num_blocks, settings.kv_block_size, dtype, self.engine.device)
         blocks = BlockManager(num_blocks, settings.kv_block_size, prefix_caching=settings.prefix_cache == "on")
         self.metrics.observe_blocks(blocks)
-        return blocks, PagedRunner(self.model, pool)
+        runner = PagedRunner(self.model, pool, settings.paged_attention)
+        if runner.kernel_note:
+            print(f"paged_attention: kernel: {runner.kernel_note}; decode attention runs as sdpa", file=sys.stderr)
+        return blocks, runner
 
     # ---- life cycle -----------------------------------------------------------------------------------------
     def start(self, loop) -> None:

@@ -12,7 +12,8 @@ KV cache (where keys and values live):
     paged       a pool of blocks of `kv_block_size` tokens (`kv_blocks`, or as many as `kv_cache_mib` holds);
                 admission asks for blocks, so memory may lower `max_batch`; with `max_step_tokens` > 0 prompts
                 are cut into chunks that share a step with the running decodes; `prefix_cache` on shares the
-                blocks of identical prompt prefixes; when blocks run out the newest sequence is preempted
+                blocks of identical prompt prefixes; when blocks run out the newest sequence is preempted;
+                `paged_attention` kernel reads the decode rows' keys and values in place (our C kernel)
     slab        one left-padded tensor per layer for the whole running batch (prompts run as steps of their
                 own; no chunking, prefix sharing or preemption)
 Tenant policies (who is admitted first):
@@ -27,6 +28,7 @@ from ...config import EMBEDDED_MODEL, ConfigError
 
 POLICIES = ("static", "dynamic", "continuous")
 KV_CACHES = ("paged", "slab")
+PAGED_ATTENTION = ("kernel", "sdpa")  # engine/paged_runner.py
 QUANTIZE = ("none", "int8_dynamic", "int8_weight_only")  # profiling/quantize.py
 LINEARS = ("prepacked", "aten", "small_batch")  # profiling/prepack.py
 SWITCHES = ("on", "off")
@@ -52,6 +54,8 @@ class ServerSettings:
     kv_block_size: int = 16           # paged: token positions per block
     kv_blocks: int = 0                # paged: blocks in the pool (0: as many as kv_cache_mib holds)
     kv_cache_mib: int = 512           # paged: memory for the pool when kv_blocks is 0 (MiB)
+    paged_attention: str = "kernel"   # paged decode rows: kernel (our C kernel reads the blocks in place; CPU,
+                                      # float32, else sdpa) | sdpa (blocks gathered, one SDPA)
     max_step_tokens: int = 256        # paged: token budget of a step, decodes first, then prompt chunks (0: off)
     prefix_cache: str = "on"          # paged: on | off, share the KV blocks of identical prompt prefixes
     wait_window_ms: float = 10.0      # static and dynamic launch rule (see the module docstring)
@@ -72,6 +76,8 @@ class ServerSettings:
             raise ConfigError(f"linears: {self.linears!r} is not one of {', '.join(LINEARS)}")
         if self.kv_cache not in KV_CACHES:
             raise ConfigError(f"kv_cache: {self.kv_cache!r} is not one of {', '.join(KV_CACHES)}")
+        if self.paged_attention not in PAGED_ATTENTION:
+            raise ConfigError(f"paged_attention: {self.paged_attention!r} is not one of {', '.join(PAGED_ATTENTION)}")
         if self.prefix_cache not in SWITCHES:
             raise ConfigError(f"prefix_cache: {self.prefix_cache!r} is not one of on, off")
         if self.tenant_policy not in TENANT_POLICIES:

@@ -6,11 +6,12 @@ through the model's own modules (transformers), with one change: attention. The 
 attention function registered below, which, in every layer,
 
     writes the step's new keys and values into the pool         (slot = block_table[p // B] * B + p % B)
-    decode rows (n = 1)   one SDPA over all of them at once:   their blocks gathered (one index_select of the
-                                                               padded block tables) + an additive padding mask
-                                                               (0 / -inf in the model's dtype, built once per step:
-                                                               SDPA takes it as is, where a bool mask is turned
-                                                               into one in every layer, ~20% of the call at batch 16)
+    decode rows (n = 1)   decode_attention "kernel": our C kernel (kernels/paged_attention.c) reads every row's
+                          keys and values in place through its block table, all rows in one call (CPU, float32)
+                          decode_attention "sdpa" (any device and dtype): one SDPA over all of them at once,
+                          their blocks gathered (one index_select of the padded block tables) + an additive
+                          padding mask (0 / -inf in the model's dtype, built once per step: SDPA takes it as is,
+                          where a bool mask is turned into one in every layer, ~20% of the call at batch 16)
     prompt chunks         one SDPA per chunk: its blocks gathered, causal with the chunk's offset
 
 and falls back to the model's original attention when it is called without a step (the offline engine and the
@@ -63,8 +64,9 @@ class PagedStep:
     pool: PagedKVPool
     write_slots: torch.Tensor          # (T,) pool slot (block * block_size + offset) of each new token
     decode_rows: torch.Tensor          # (D,) packed index of each decode token
-    decode_blocks: torch.Tensor        # (D * max blocks,) each decode row's block table, padded with block 0
-    decode_bias: torch.Tensor          # (D, 1, 1, max blocks * block_size): 0 for real keys, -inf for padding
+    decode_tables: torch.Tensor        # (D, max blocks) each decode row's block table, padded with block 0
+    decode_lens: torch.Tensor          # (D,) keys each decode row sees (its own included)
+    decode_bias: torch.Tensor | None   # sdpa: (D, 1, 1, max blocks * block_size), 0 for real keys, -inf for padding
     chunks: list                       # (first packed index, tokens, its block ids, keys seen, causal mask or None)
 
 
@@ -82,11 +84,17 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # (T, heads, head_dim)
     if step.decode_rows.numel():
         rows = len(step.decode_rows)
-        q = query[0, :, step.decode_rows].transpose(0, 1)[:, :, None]          # (D, heads, 1, head_dim)
-        k = keys.index_select(0, step.decode_blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
-        v = values.index_select(0, step.decode_blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_bias.to(q.dtype), scale=scaling, enable_gqa=True)
-        out[step.decode_rows] = o[:, :, 0]
+        q = query[0, :, step.decode_rows].transpose(0, 1)                      # (D, heads, head_dim)
+        if step.decode_bias is None:  # our kernel: keys and values read in place
+            out[step.decode_rows] = torch.ops.llm_infer.paged_decode_attention(
+                q, keys, values, step.decode_tables, step.decode_lens, scaling or head_dim ** -0.5)
+        else:
+            blocks = step.decode_tables.view(-1)
+            k = keys.index_select(0, blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
+            v = values.index_select(0, blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=step.decode_bias.to(q.dtype),
+                                               scale=scaling, enable_gqa=True)
+            out[step.decode_rows] = o[:, :, 0]
     for first, tokens, blocks, seen, mask in step.chunks:
         q = query[:, :, first:first + tokens]                                  # (1, heads, n, head_dim)
         k = keys.index_select(0, blocks).view(-1, kv_heads, head_dim)[:seen].transpose(0, 1)[None]
@@ -116,12 +124,25 @@ def use_paged_attention(model) -> None:
     model.set_attn_implementation(name)
 
 
-class PagedRunner:
-    """Runs steps of (sequence, n) items over a PagedKVPool; returns the logits of the items that finish."""
+def kernel_unavailable_reason(pool: PagedKVPool) -> str | None:
+    """Why the decode attention kernel cannot run over `pool`, or None when it can."""
+    if pool.keys[0].device.type != "cpu" or pool.keys[0].dtype != torch.float32:
+        return f"the kernel runs on a CPU in float32, this pool is {pool.keys[0].dtype} on {pool.keys[0].device}"
+    from ...kernels.build import unavailable_reason
 
-    def __init__(self, model, pool: PagedKVPool):
+    return unavailable_reason()
+
+
+class PagedRunner:
+    """Runs steps of (sequence, n) items over a PagedKVPool; returns the logits of the items that finish.
+    decode_attention: kernel | sdpa (see the module docstring); `self.decode_attention` is the one that runs
+    (sdpa where the kernel cannot, with the reason in `self.kernel_note`)."""
+
+    def __init__(self, model, pool: PagedKVPool, decode_attention: str = "kernel"):
         self.model, self.pool = model, pool
         self.device = next(model.parameters()).device
+        self.kernel_note = kernel_unavailable_reason(pool) if decode_attention == "kernel" else None
+        self.decode_attention = "kernel" if decode_attention == "kernel" and self.kernel_note is None else "sdpa"
         self.no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # ignored by _attention
         use_paged_attention(model)
 
@@ -156,15 +177,17 @@ class PagedRunner:
                          logits_to_keep=tensor(keep, dtype=torch.long, device=self.device), paged_step=step)
         return picked, out.logits[0]
 
-    def _decode_view(self, decodes: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packed rows, padded block tables (flattened) and the additive key mask of the decode rows."""
+    def _decode_view(self, decodes: list) -> tuple:
+        """Packed rows, padded block tables, keys seen and (sdpa) the additive key mask of the decode rows."""
         size = self.pool.block_size
         width = max((len(blocks) for _, blocks, _ in decodes), default=0)
         rows = torch.tensor([first for first, _, _ in decodes], dtype=torch.long)
-        tables = torch.zeros((len(decodes), width), dtype=torch.long)
-        bias = torch.full((len(decodes), width * size), float("-inf"), dtype=self.pool.keys[0].dtype)
-        for row, (_, blocks, seen) in enumerate(decodes):
-            tables[row, :len(blocks)] = torch.tensor(blocks)
-            bias[row, :seen] = 0.0
-        return (rows.to(self.device), tables.flatten().to(self.device),
-                bias[:, None, None, :].to(self.device))
+        tables = torch.tensor([blocks + [0] * (width - len(blocks)) for _, blocks, _ in decodes], dtype=torch.long)
+        lens = torch.tensor([seen for _, _, seen in decodes], dtype=torch.long)
+        bias = None
+        if self.decode_attention == "sdpa":
+            bias = torch.full((len(decodes), width * size), float("-inf"), dtype=self.pool.keys[0].dtype)
+            for row, (_, _, seen) in enumerate(decodes):
+                bias[row, :seen] = 0.0
+            bias = bias[:, None, None, :].to(self.device)
+        return rows.to(self.device), tables.view(len(decodes), width).to(self.device), lens.to(self.device), bias
