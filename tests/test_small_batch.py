@@ -111,7 +111,7 @@ def test_d5s_kernel_variants_give_the_reference_tokens(tmp_path, monkeypatch):
     assert torch.equal(compiled.generate(*inputs, 6, StageClock("cpu")), tokens)
 
 
-def test_without_a_c_compiler_the_loader_says_so_and_runs_with_onednn(tiny, tmp_path):
+def test_without_a_c_compiler_the_loader_and_the_server_say_so_and_run_with_onednn(tiny, tmp_path):
     tiny[0].save_pretrained(tmp_path / "model")
     tiny[1].save_pretrained(tmp_path / "model")
     script = ("from profiling.config import Precision\n"
@@ -119,10 +119,15 @@ def test_without_a_c_compiler_the_loader_says_so_and_runs_with_onednn(tiny, tmp_
               "from profiling.kernels import small_batch\n"
               "from profiling.model import load_model\n"
               "from profiling.prepack import is_prepacked\n"
+              "from profiling.serving.api.service import Service\n"
+              "from profiling.serving.api.settings import ServerSettings\n"
               "print(small_batch.unavailable_reason())\n"
               "precision = Precision('cpu', 'float32', linears='small_batch')\n"
               f"model = load_model({str(tmp_path / 'model')!r}, precision)\n"
-              "print('packed', is_prepacked(model), cpu_linears(precision))\n")
+              "print('packed', is_prepacked(model), cpu_linears(precision))\n"
+              f"service = Service(ServerSettings(model={str(tmp_path / 'model')!r}, device='cpu', threads=1))\n"
+              "print('server', service.settings.linears, is_prepacked(service.model),\n"
+              "      service.worker.runner.decode_attention)\n")
     env = {**os.environ, "CC": "no-such-compiler", "XDG_CACHE_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -130,6 +135,9 @@ def test_without_a_c_compiler_the_loader_says_so_and_runs_with_onednn(tiny, tmp_
     assert "no C compiler 'no-such-compiler'" in done.stdout
     assert "cpu_linears: small_batch: our C kernel cannot be built here" in done.stderr
     assert "running with cpu_linears: prepacked" in done.stderr and "packed True prepacked" in done.stdout
+    # the server's defaults (linears small_batch, paged_attention kernel) fall back likewise, and say so
+    assert "serving with linears: prepacked" in done.stderr and "server small_batch True sdpa" in done.stdout
+    assert "paged_attention: kernel: no C compiler 'no-such-compiler'" in done.stderr
 
 
 def test_a_trace_names_the_kernels_calls_and_the_step_split_counts_their_bytes(tiny, tmp_path):

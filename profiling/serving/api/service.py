@@ -9,6 +9,7 @@ wired together, plus turning a request body into a Sequence (chat template, toke
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 from ...config import apply_threads, resolve_precision
@@ -57,8 +58,15 @@ def _cpu_linears(model, linears: str, owned: bool):
     plain = any(type(module) is nn.Linear for module in model.modules())
     if linears == "aten" or next(model.parameters()).device.type != "cpu" or not plain:
         return model
+    from ...kernels.build import KernelUnavailable
+
     model = model if owned else copy.deepcopy(model)
-    apply_cpu_linears(model, linears)
+    try:
+        apply_cpu_linears(model, linears)
+    except KernelUnavailable as error:  # as model.load_model does: say why, run with oneDNN
+        print(f"linears: small_batch: our C kernel cannot be built here ({error}); serving with linears: "
+              "prepacked (oneDNN) instead", file=sys.stderr)
+        apply_cpu_linears(model, "prepacked")
     return model
 
 

@@ -124,13 +124,17 @@ def use_paged_attention(model) -> None:
     model.set_attn_implementation(name)
 
 
-def kernel_unavailable_reason(pool: PagedKVPool) -> str | None:
-    """Why the decode attention kernel cannot run over `pool`, or None when it can."""
-    if pool.keys[0].device.type != "cpu" or pool.keys[0].dtype != torch.float32:
-        return f"the kernel runs on a CPU in float32, this pool is {pool.keys[0].dtype} on {pool.keys[0].device}"
+def decode_attention_for(requested: str, device, dtype: torch.dtype) -> tuple[str, str | None]:
+    """(the decode attention that runs when `requested` over a pool of `dtype` on `device`: kernel | sdpa, why the
+    kernel does not when it was requested and cannot)."""
+    if requested != "kernel":
+        return "sdpa", None
+    if torch.device(device).type != "cpu" or dtype != torch.float32:
+        return "sdpa", f"the kernel runs on a CPU in float32, this pool is {dtype} on {device}"
     from ...kernels.build import unavailable_reason
 
-    return unavailable_reason()
+    reason = unavailable_reason()
+    return ("sdpa", reason) if reason else ("kernel", None)
 
 
 class PagedRunner:
@@ -141,8 +145,8 @@ class PagedRunner:
     def __init__(self, model, pool: PagedKVPool, decode_attention: str = "kernel"):
         self.model, self.pool = model, pool
         self.device = next(model.parameters()).device
-        self.kernel_note = kernel_unavailable_reason(pool) if decode_attention == "kernel" else None
-        self.decode_attention = "kernel" if decode_attention == "kernel" and self.kernel_note is None else "sdpa"
+        self.decode_attention, self.kernel_note = decode_attention_for(decode_attention, pool.keys[0].device,
+                                                                       pool.keys[0].dtype)
         self.no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # ignored by _attention
         use_paged_attention(model)
 
