@@ -81,6 +81,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     size, kv_heads, head_dim = keys.shape[1:]
     keys.view(-1, kv_heads, head_dim).index_copy_(0, step.write_slots, key[0].transpose(0, 1).to(keys.dtype))
     values.view(-1, kv_heads, head_dim).index_copy_(0, step.write_slots, value[0].transpose(0, 1).to(values.dtype))
+    if step.decode_bias is None and not step.chunks:  # decodes alone (the packed rows in order): no copies
+        return torch.ops.llm_infer.paged_decode_attention(query[0].transpose(0, 1), keys, values, step.decode_tables,
+                                                          step.decode_lens, scaling or head_dim ** -0.5)[None], None
     out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # (T, heads, head_dim)
     if step.decode_rows.numel():
         rows = len(step.decode_rows)
