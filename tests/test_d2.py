@@ -84,6 +84,8 @@ def test_lm_head_is_the_linear_with_the_vocabulary(tiny_trace):
     assert categorize("aten::mul", [[2, 1, I], [2, 1, I]], shapes) == "activation"
     assert categorize("aten::argmax", [[2, V], [], []], shapes) == "sampling"
     assert categorize("aten::add", [[2, 1, H], [2, 1, H], []], shapes) == "other"  # residual
+    assert categorize("llm_infer::paged_decode_attention", [[2, 4, D], [9, 16, 2, D], [9, 16, 2, D], [2, 3], [2],
+                                                            []], shapes) == "attention"  # the server's kernel
 
 
 # ---- roofline points on frames that follow the shared timing contract -------------------------------------------

@@ -43,7 +43,8 @@ LINEAR_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm", "_linear_poin
 ATTENTION_OPS = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                  "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward",
-                 "_scaled_dot_product_attention_math"}
+                 "_scaled_dot_product_attention_math",
+                 "paged_decode_attention"}  # llm_infer::paged_decode_attention: the server's C kernel
 NORM_OPS = {"pow", "rsqrt", "mean", "rms_norm", "_fused_rms_norm", "layer_norm", "native_layer_norm"}
 ACTIVATION_OPS = {"silu", "silu_", "gelu", "gelu_", "relu", "relu_", "sigmoid", "tanh"}
 ROTARY_OPS = {"cos", "sin", "neg"}
