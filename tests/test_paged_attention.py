@@ -61,8 +61,8 @@ def test_the_runner_uses_the_kernel_for_float32_on_a_cpu_and_says_why_not_otherw
     from profiling.model import build_tiny_model
 
     model = build_tiny_model(seed=0)[0]  # its own: the runner switches the model's attention function
-    assert PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.float32, "cpu")).decode_attention == "kernel"
+    assert PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.float32, "cpu")).paged_attention == "kernel"
     assert PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.float32, "cpu"),
-                       "sdpa").decode_attention == "sdpa"
+                       "sdpa").paged_attention == "sdpa"
     half = PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.bfloat16, "cpu"))
-    assert half.decode_attention == "sdpa" and "float32" in half.kernel_note
+    assert half.paged_attention == "sdpa" and "float32" in half.kernel_note

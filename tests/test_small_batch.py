@@ -127,7 +127,7 @@ def test_without_a_c_compiler_the_loader_and_the_server_say_so_and_run_with_oned
               "print('packed', is_prepacked(model), cpu_linears(precision))\n"
               f"service = Service(ServerSettings(model={str(tmp_path / 'model')!r}, device='cpu', threads=1))\n"
               "print('server', service.settings.linears, is_prepacked(service.model),\n"
-              "      service.worker.runner.decode_attention)\n")
+              "      service.worker.runner.paged_attention)\n")
     env = {**os.environ, "CC": "no-such-compiler", "XDG_CACHE_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)

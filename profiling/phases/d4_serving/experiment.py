@@ -53,7 +53,7 @@ from ...io import staged, write_json
 from ...measure import Run, timed_loads
 from ...metrics import Measurements, record_generation
 from ...serving.bench import reference
-from ...serving.engine.paged_runner import decode_attention_for
+from ...serving.engine.paged_runner import paged_attention_for
 from ...serving.bench.loadgen import LoadSettings, first_model, random_prompts, run_load_async
 from ...serving.api.settings import ServerSettings
 from ...serving.engine.spans import load_spans, write_chrome_trace
@@ -325,8 +325,8 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
             "cpu_count": os.cpu_count(),
             "server_threads": server_threads(settings, cfg),
             # the paged runs' decode attention (serving/engine/paged_runner.py): kernel, or sdpa where it cannot run
-            "paged_attention": decode_attention_for("kernel", run_info.precision.device,
-                                                    getattr(torch, run_info.precision.dtype))[0],
+            "paged_attention": paged_attention_for(ServerSettings.paged_attention, run_info.precision.device,
+                                                   getattr(torch, run_info.precision.dtype))[0],
             "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"],
         })
 

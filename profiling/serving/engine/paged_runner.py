@@ -6,9 +6,9 @@ through the model's own modules (transformers), with one change: attention. The 
 attention function registered below, which, in every layer,
 
     writes the step's new keys and values into the pool         (slot = block_table[p // B] * B + p % B)
-    decode rows (n = 1)   decode_attention "kernel": our C kernel (kernels/paged_attention.c) reads every row's
+    decode rows (n = 1)   paged_attention "kernel": our C kernel (kernels/paged_attention.c) reads every row's
                           keys and values in place through its block table, all rows in one call (CPU, float32)
-                          decode_attention "sdpa" (any device and dtype): one SDPA over all of them at once,
+                          paged_attention "sdpa" (any device and dtype): one SDPA over all of them at once,
                           their blocks gathered (one index_select of the padded block tables) + an additive
                           padding mask (0 / -inf in the model's dtype, built once per step: SDPA takes it as is,
                           where a bool mask is turned into one in every layer, ~20% of the call at batch 16)
@@ -127,7 +127,7 @@ def use_paged_attention(model) -> None:
     model.set_attn_implementation(name)
 
 
-def decode_attention_for(requested: str, device, dtype: torch.dtype) -> tuple[str, str | None]:
+def paged_attention_for(requested: str, device, dtype: torch.dtype) -> tuple[str, str | None]:
     """(the decode attention that runs when `requested` over a pool of `dtype` on `device`: kernel | sdpa, why the
     kernel does not when it was requested and cannot)."""
     if requested != "kernel":
@@ -142,14 +142,14 @@ def decode_attention_for(requested: str, device, dtype: torch.dtype) -> tuple[st
 
 class PagedRunner:
     """Runs steps of (sequence, n) items over a PagedKVPool; returns the logits of the items that finish.
-    decode_attention: kernel | sdpa (see the module docstring); `self.decode_attention` is the one that runs
+    paged_attention: kernel | sdpa (see the module docstring); `self.paged_attention` is the one that runs
     (sdpa where the kernel cannot, with the reason in `self.kernel_note`)."""
 
-    def __init__(self, model, pool: PagedKVPool, decode_attention: str = "kernel"):
+    def __init__(self, model, pool: PagedKVPool, paged_attention: str = "kernel"):
         self.model, self.pool = model, pool
         self.device = next(model.parameters()).device
-        self.decode_attention, self.kernel_note = decode_attention_for(decode_attention, pool.keys[0].device,
-                                                                       pool.keys[0].dtype)
+        self.paged_attention, self.kernel_note = paged_attention_for(paged_attention, pool.keys[0].device,
+                                                                     pool.keys[0].dtype)
         self.no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # ignored by _attention
         use_paged_attention(model)
 
@@ -192,7 +192,7 @@ class PagedRunner:
         tables = torch.tensor([blocks + [0] * (width - len(blocks)) for _, blocks, _ in decodes], dtype=torch.long)
         lens = torch.tensor([seen for _, _, seen in decodes], dtype=torch.long)
         bias = None
-        if self.decode_attention == "sdpa":
+        if self.paged_attention == "sdpa":
             bias = torch.full((len(decodes), width * size), float("-inf"), dtype=self.pool.keys[0].dtype)
             for row, (_, _, seen) in enumerate(decodes):
                 bias[row, :seen] = 0.0
