@@ -51,7 +51,7 @@ def test_d2_counts_a_prepacked_linear_as_a_linear_or_the_lm_head():
 
 def test_the_server_prepacks_its_own_copy_and_names_a_bad_setting(tiny):
     model, tokenizer = tiny
-    service = Service(ServerSettings(device="cpu", threads=1), model=model, tokenizer=tokenizer)
+    service = Service(ServerSettings(device="cpu", threads=1, linears="prepacked"), model=model, tokenizer=tokenizer)
     assert prepack.is_prepacked(service.model) and not prepack.is_prepacked(model)
     assert service.engine.model is service.model
     plain = Service(ServerSettings(device="cpu", threads=1, linears="aten"), model=model, tokenizer=tokenizer)

@@ -81,7 +81,7 @@ def test_the_server_runs_its_own_copy_with_the_kernel(tiny):
     from profiling.serving.api.settings import ServerSettings
 
     model, tokenizer = tiny
-    service = Service(ServerSettings(device="cpu", threads=1, linears="small_batch"), model=model, tokenizer=tokenizer)
+    service = Service(ServerSettings(device="cpu", threads=1), model=model, tokenizer=tokenizer)  # the default
     assert any(isinstance(m, small_batch.SmallBatchLinear) for m in service.model.modules())
     assert not any(isinstance(m, small_batch.SmallBatchLinear) for m in model.modules())
 
