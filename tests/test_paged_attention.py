@@ -57,6 +57,17 @@ def test_a_length_outside_the_block_table_is_refused(bad_len):
                                                    torch.tensor([bad_len]), 1.0)
 
 
+@pytest.mark.parametrize("bad_block", [-1, 4])
+def test_a_block_outside_the_pool_is_refused_not_read(bad_block):
+    pool = torch.zeros(4, 16, 1, 8)
+    tables = torch.tensor([[0, bad_block], [1, 2]])
+    with pytest.raises(RuntimeError, match=r"names a block outside the pool \(0 \.\. 3\)"):
+        torch.ops.llm_infer.paged_decode_attention(torch.zeros(2, 2, 8), pool, pool, tables,
+                                                   torch.tensor([20, 3]), 1.0)
+    # a padding entry past a row's length is never read, whatever it holds
+    torch.ops.llm_infer.paged_decode_attention(torch.zeros(2, 2, 8), pool, pool, tables, torch.tensor([16, 3]), 1.0)
+
+
 def test_the_runner_uses_the_kernel_for_float32_on_a_cpu_and_says_why_not_otherwise():
     from profiling.model import build_tiny_model
 

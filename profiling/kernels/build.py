@@ -1,7 +1,7 @@
 """Builds and loads our C kernels: one shared library, compiled once per machine and cached.
 
     small_batch_linear.c   linear layers at 1 to 4 rows (small_batch.py)
-    paged_attention.c      decode attention read in place from a paged KV cache (paged_attention.py)
+    paged_attention.c      decode attention read in place from a paged KV pool (serving/engine/paged_runner.py)
     ops.cpp                both as torch operators (llm_infer::...), called by torch's dispatcher without Python
 
 The C files are compiled by `CC` (else gcc) with -O3 -march=native and OpenMP, ops.cpp by `CXX` (else g++) against

@@ -20,7 +20,7 @@ void linear_int8(const float *x, const int8_t *w, const float *scale, const floa
                  long k);
 int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
                                const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
-                               long block_size, long max_blocks, float scale);
+                               long num_blocks, long block_size, long max_blocks, float scale);
 }
 
 static void check(const at::Tensor &x, const at::Tensor &weight, const std::optional<at::Tensor> &bias,
@@ -76,8 +76,11 @@ static at::Tensor paged_decode_attention(const at::Tensor &query, const at::Tens
     int failed = paged_decode_attention_f32(
         q.const_data_ptr<float>(), key_pool.const_data_ptr<float>(), value_pool.const_data_ptr<float>(),
         tables.const_data_ptr<int64_t>(), lens.const_data_ptr<int64_t>(), out.mutable_data_ptr<float>(), q.size(0),
-        q.size(1), key_pool.size(2), q.size(2), key_pool.size(1), tables.size(1), static_cast<float>(scale));
+        q.size(1), key_pool.size(2), q.size(2), key_pool.size(0), key_pool.size(1), tables.size(1),
+        static_cast<float>(scale));
     TORCH_CHECK(failed != -2, "paged_decode_attention: every seq_len must be between 1 and max_blocks * block_size");
+    TORCH_CHECK(failed != -3, "paged_decode_attention: a block table names a block outside the pool (0 .. ",
+                key_pool.size(0) - 1, ")");
     TORCH_CHECK(failed != -1, "paged_decode_attention: out of memory for its scores");
     return out;
 }

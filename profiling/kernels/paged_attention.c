@@ -22,15 +22,19 @@ static inline const float *slot(const float *pool, const int64_t *table, long t,
     return pool + ((long)table[t / block_size] * block_size + t % block_size) * width;
 }
 
-/* Returns 0; -1 when scratch memory could not be allocated, -2 when a length is not within 1 .. the table's keys. */
+/* Returns 0; -1 when scratch memory could not be allocated, -2 when a length is not within 1 .. the table's keys,
+ * -3 when a block id a row reads is not within 0 .. num_blocks - 1. */
 int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
                                const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
-                               long block_size, long max_blocks, float scale) {
+                               long num_blocks, long block_size, long max_blocks, float scale) {
     const long group = heads / kv_heads, width = kv_heads * head_dim; /* query heads per KV head; floats per slot */
     long longest = 0;
     for (long r = 0; r < rows; r++) {
         if (lens[r] < 1 || lens[r] > max_blocks * block_size)
             return -2;
+        for (long b = 0; b < (lens[r] + block_size - 1) / block_size; b++)
+            if (tables[r * max_blocks + b] < 0 || tables[r * max_blocks + b] >= num_blocks)
+                return -3;
         longest = lens[r] > longest ? (long)lens[r] : longest;
     }
     int failed = 0;
