@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -157,21 +156,15 @@ def load_model(model: str, precision: Precision):
     precision.linears says (prepack.py: prepacked for oneDNN, our small-batch kernel, or aten's F.linear)."""
     from transformers import AutoModelForCausalLM
 
-    from .kernels.small_batch import KernelUnavailable
-    from .prepack import apply_cpu_linears
+    from .prepack import apply_cpu_linears_or_prepacked
 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(model_source(model), dtype=precision.torch_dtype)
     except OSError as error:
         raise _load_error(model, error) from error
     loaded = loaded.to(precision.device).eval()
-    if precision.device == "cpu":
-        try:
-            apply_cpu_linears(loaded, precision.linears)
-        except KernelUnavailable as error:  # the run goes on with oneDNN, as env.cpu_linears records
-            print(f"cpu_linears: small_batch: our C kernel cannot be built here ({error}); running with "
-                  "cpu_linears: prepacked (oneDNN) instead", file=sys.stderr)
-            apply_cpu_linears(loaded, "prepacked")
+    if precision.device == "cpu":  # without our kernel, the run goes on with oneDNN, as env.cpu_linears records
+        apply_cpu_linears_or_prepacked(loaded, precision.linears, "cpu_linears")
     return loaded
 
 

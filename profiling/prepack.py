@@ -23,6 +23,7 @@ model holds its linear weights twice.
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 from torch import nn
@@ -103,3 +104,18 @@ def apply_cpu_linears(model: nn.Module, linears: str) -> None:
         use_small_batch_kernels(model)
     if linears in ("prepacked", "small_batch"):
         prepack_linears(model)
+
+
+def apply_cpu_linears_or_prepacked(model: nn.Module, linears: str, setting: str) -> str:
+    """apply_cpu_linears, or, where our C kernel cannot be built, prepacked (oneDNN), saying why on stderr with the
+    name of the `setting` that asked for it; returns the linears the model now runs."""
+    from .kernels.build import KernelUnavailable
+
+    try:
+        apply_cpu_linears(model, linears)
+        return linears
+    except KernelUnavailable as error:
+        print(f"{setting}: {linears}: our C kernel cannot be built here ({error}); running with {setting}: "
+              "prepacked (oneDNN) instead", file=sys.stderr)
+        apply_cpu_linears(model, "prepacked")
+        return "prepacked"

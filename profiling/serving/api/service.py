@@ -53,20 +53,13 @@ def _cpu_linears(model, linears: str, owned: bool):
     `owned`: a model handed in, as the tests do, stays as it was)."""
     from torch import nn
 
-    from ...prepack import apply_cpu_linears
+    from ...prepack import apply_cpu_linears_or_prepacked
 
     plain = any(type(module) is nn.Linear for module in model.modules())
     if linears == "aten" or next(model.parameters()).device.type != "cpu" or not plain:
         return model
-    from ...kernels.build import KernelUnavailable
-
     model = model if owned else copy.deepcopy(model)
-    try:
-        apply_cpu_linears(model, linears)
-    except KernelUnavailable as error:  # as model.load_model does: say why, run with oneDNN
-        print(f"linears: small_batch: our C kernel cannot be built here ({error}); serving with linears: "
-              "prepacked (oneDNN) instead", file=sys.stderr)
-        apply_cpu_linears(model, "prepacked")
+    apply_cpu_linears_or_prepacked(model, linears, "linears")
     return model
 
 
