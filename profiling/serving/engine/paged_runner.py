@@ -81,23 +81,23 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     size, kv_heads, head_dim = keys.shape[1:]
     keys.view(-1, kv_heads, head_dim).index_copy_(0, step.write_slots, key[0].transpose(0, 1).to(keys.dtype))
     values.view(-1, kv_heads, head_dim).index_copy_(0, step.write_slots, value[0].transpose(0, 1).to(values.dtype))
-    if step.decode_bias is None and not step.chunks:  # decodes alone (the packed rows in order): no copies
-        return torch.ops.llm_infer.paged_decode_attention(query[0].transpose(0, 1), keys, values, step.decode_tables,
-                                                          step.decode_lens, scaling or head_dim ** -0.5)[None], None
-    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # (T, heads, head_dim)
+    alone = not step.chunks  # decodes alone: the packed rows are the decode rows, in order
+    out = None if alone else query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # (T, heads, head_dim)
     if step.decode_rows.numel():
         rows = len(step.decode_rows)
-        q = query[0, :, step.decode_rows].transpose(0, 1)                      # (D, heads, head_dim)
+        q = query[0].transpose(0, 1) if alone else query[0, :, step.decode_rows].transpose(0, 1)  # (D, heads, hd)
         if step.decode_bias is None:  # our kernel: keys and values read in place
-            out[step.decode_rows] = torch.ops.llm_infer.paged_decode_attention(
-                q, keys, values, step.decode_tables, step.decode_lens, scaling or head_dim ** -0.5)
+            attended = torch.ops.llm_infer.paged_decode_attention(q, keys, values, step.decode_tables,
+                                                                  step.decode_lens, scaling or head_dim ** -0.5)
         else:
             blocks = step.decode_tables.view(-1)
             k = keys.index_select(0, blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
             v = values.index_select(0, blocks).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=step.decode_bias.to(q.dtype),
-                                               scale=scaling, enable_gqa=True)
-            out[step.decode_rows] = o[:, :, 0]
+            attended = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=step.decode_bias.to(q.dtype),
+                                                      scale=scaling, enable_gqa=True)[:, :, 0]
+        if alone:  # no copy into `out`
+            return attended[None], None
+        out[step.decode_rows] = attended
     for first, tokens, blocks, seen, mask in step.chunks:
         q = query[:, :, first:first + tokens]                                  # (1, heads, n, head_dim)
         k = keys.index_select(0, blocks).view(-1, kv_heads, head_dim)[:seen].transpose(0, 1)[None]
