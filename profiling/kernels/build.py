@@ -2,6 +2,7 @@
 
     small_batch_linear.c   linear layers at 1 to 4 rows (small_batch.py)
     paged_attention.c      decode attention read in place from a paged KV pool (serving/engine/paged_runner.py)
+    decoder_layer.c        a whole decoder layer's decode step in one call (fused_decoder.py)
     ops.cpp                both as torch operators (llm_infer::...), called by torch's dispatcher without Python
 
 The C files are compiled by `CC` (else gcc) with -O3 -march=native and OpenMP, ops.cpp by `CXX` (else g++) against
@@ -27,7 +28,8 @@ import torch
 from . import compiler
 
 HERE = Path(__file__).parent
-C_SOURCES = [HERE / "small_batch_linear.c", HERE / "paged_attention.c"]  # the kernels, plain C
+C_SOURCES = [HERE / "small_batch_linear.c", HERE / "paged_attention.c",  # the kernels, plain C
+             HERE / "decoder_layer.c"]
 OPS_SOURCE = HERE / "ops.cpp"  # their torch operators
 C_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC",
            # vectorised sums without -ffast-math, whose start-up code would change the whole process's float mode

@@ -6,6 +6,12 @@
 //                                       Tensor seq_lens, float scale) -> Tensor                 (paged_attention.c)
 //         query (rows, heads, head_dim) float32; pools (blocks, block_size, kv_heads, head_dim) float32;
 //         block_tables (rows, max_blocks) int64; seq_lens (rows) int64; out like query
+//     llm_infer::decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights,
+//                              Tensor[] scales, Tensor(b!) key_cache, Tensor(c!) value_cache, Tensor cos, Tensor sin,
+//                              Tensor lens, float eps) -> ()                                       (decoder_layer.c)
+//         hidden (rows, hidden) float32, updated in place; weights q, k, v, o, gate, up, down (out, in), float32
+//         (scales empty) or int8 (scales: 7 tensors of (out) float32); caches (rows, max_len, kv_heads, head_dim)
+//         float32; cos, sin (rows, head_dim) float32; lens (rows) int64, keys held before this token
 // Their shape functions, for torch.compile, are in build.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -21,6 +27,14 @@ void linear_int8(const float *x, const int8_t *w, const float *scale, const floa
 int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
                                const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
                                long num_blocks, long block_size, long max_blocks, float scale);
+typedef struct {
+    const void *weights[7];
+    const float *scales[7];
+} projections;
+int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm, const projections *p,
+                      float *key_cache, float *value_cache, const float *cos, const float *sin, const int64_t *lens,
+                      long rows, long hidden, long heads, long kv_heads, long head_dim, long intermediate,
+                      long max_len, float eps);
 }
 
 static void check(const at::Tensor &x, const at::Tensor &weight, const std::optional<at::Tensor> &bias,
@@ -85,15 +99,75 @@ static at::Tensor paged_decode_attention(const at::Tensor &query, const at::Tens
     return out;
 }
 
+static bool float_matrix(const at::Tensor &t, int64_t rows, int64_t cols) {
+    return t.dim() == 2 && t.is_contiguous() && t.scalar_type() == at::kFloat && t.size(0) == rows && t.size(1) == cols;
+}
+
+static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm, const at::Tensor &post_norm,
+                          at::TensorList weights, at::TensorList scales, const at::Tensor &key_cache,
+                          const at::Tensor &value_cache, const at::Tensor &cos, const at::Tensor &sin,
+                          const at::Tensor &lens, double eps) {
+    TORCH_CHECK(hidden.dim() == 2 && hidden.is_contiguous() && hidden.scalar_type() == at::kFloat,
+                "decoder_layer: hidden must be a contiguous (rows, hidden) float32 matrix");
+    const int64_t rows = hidden.size(0), width = hidden.size(1);
+    TORCH_CHECK(key_cache.dim() == 4 && key_cache.is_contiguous() && key_cache.scalar_type() == at::kFloat &&
+                key_cache.size(0) == rows && value_cache.sizes() == key_cache.sizes() && value_cache.is_contiguous() &&
+                value_cache.scalar_type() == at::kFloat,
+                "decoder_layer: the caches must be contiguous (rows, max_len, kv_heads, head_dim) float32");
+    const int64_t max_len = key_cache.size(1), kv_heads = key_cache.size(2), head_dim = key_cache.size(3);
+    TORCH_CHECK(weights.size() == 7 && (scales.empty() || scales.size() == 7),
+                "decoder_layer: weights must be q, k, v, o, gate, up, down; scales none or one per weight");
+    const int64_t q_width = weights[0].size(0), intermediate = weights[4].size(0);
+    TORCH_CHECK(q_width % head_dim == 0 && (q_width / head_dim) % kv_heads == 0,
+                "decoder_layer: q's outputs must be heads x head_dim, with kv_heads dividing heads");
+    const int64_t shapes[7][2] = {{q_width, width}, {kv_heads * head_dim, width}, {kv_heads * head_dim, width},
+                                  {width, q_width}, {intermediate, width}, {intermediate, width},
+                                  {width, intermediate}};
+    const at::ScalarType weight_type = scales.empty() ? at::kFloat : at::kChar;
+    projections p;
+    for (int i = 0; i < 7; i++) {
+        TORCH_CHECK(weights[i].dim() == 2 && weights[i].is_contiguous() && weights[i].scalar_type() == weight_type &&
+                    weights[i].size(0) == shapes[i][0] && weights[i].size(1) == shapes[i][1],
+                    "decoder_layer: weight ", i, " must be a contiguous (", shapes[i][0], ", ", shapes[i][1],
+                    ") matrix of ", weight_type);
+        p.weights[i] = weights[i].const_data_ptr();
+        p.scales[i] = nullptr;
+        if (!scales.empty()) {
+            TORCH_CHECK(scales[i].is_contiguous() && scales[i].scalar_type() == at::kFloat &&
+                        scales[i].numel() == shapes[i][0], "decoder_layer: scales ", i, " must be ", shapes[i][0],
+                        " contiguous float32 values");
+            p.scales[i] = scales[i].const_data_ptr<float>();
+        }
+    }
+    TORCH_CHECK(input_norm.numel() == width && post_norm.numel() == width && input_norm.is_contiguous() &&
+                post_norm.is_contiguous() && input_norm.scalar_type() == at::kFloat &&
+                post_norm.scalar_type() == at::kFloat, "decoder_layer: the norms' weights must be hidden float32");
+    TORCH_CHECK(float_matrix(cos, rows, head_dim) && float_matrix(sin, rows, head_dim),
+                "decoder_layer: cos and sin must be contiguous (rows, head_dim) float32");
+    TORCH_CHECK(lens.dim() == 1 && lens.size(0) == rows && lens.is_contiguous() && lens.scalar_type() == at::kLong,
+                "decoder_layer: lens must be (rows) int64");
+    int failed = decoder_layer_f32(
+        hidden.mutable_data_ptr<float>(), input_norm.const_data_ptr<float>(), post_norm.const_data_ptr<float>(), &p,
+        key_cache.mutable_data_ptr<float>(), value_cache.mutable_data_ptr<float>(), cos.const_data_ptr<float>(),
+        sin.const_data_ptr<float>(), lens.const_data_ptr<int64_t>(), rows, width, q_width / head_dim, kv_heads,
+        head_dim, intermediate, max_len, static_cast<float>(eps));
+    TORCH_CHECK(failed != -2, "decoder_layer: a row's cache is full: every lens value must be below max_len (",
+                max_len, ")");
+    TORCH_CHECK(failed == 0, "decoder_layer: out of memory for its scratch buffers");
+}
+
 TORCH_LIBRARY(llm_infer, m) {
     m.def("small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
     m.def("paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables, "
           "Tensor seq_lens, float scale) -> Tensor");
+    m.def("decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights, Tensor[] scales, "
+          "Tensor(b!) key_cache, Tensor(c!) value_cache, Tensor cos, Tensor sin, Tensor lens, float eps) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(llm_infer, CPU, m) {
     m.impl("small_batch_linear", &small_batch_linear);
     m.impl("small_batch_linear_int8", &small_batch_linear_int8);
     m.impl("paged_decode_attention", &paged_decode_attention);
+    m.impl("decoder_layer", &decoder_layer);
 }

@@ -38,7 +38,54 @@ static inline float NAME(const float *restrict x, long k, const WEIGHT *restrict
 DOT_BLOCK(float, dot_block_f32)
 DOT_ROW(float, dot_row_f32)
 DOT_BLOCK(int8_t, dot_block_int8)
+
+/* dot(x, wj) for one row of x and int8 weights. Written out with vector instructions where the CPU has them: the
+ * plain loop (DOT_ROW) becomes one chain of multiply-adds, each waiting on the last (4 cycles per 16 weights),
+ * which caps it at ~15 GB/s of int8 weights on two cores here; four independent chains reach ~20. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define LANES 16
+#define VEC __m512
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VINT8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define VSUM(a) _mm512_reduce_add_ps(a)
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LANES 8
+#define VEC __m256
+#define VZERO() _mm256_setzero_ps()
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VINT8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm256_add_ps(a, b)
+static inline float VSUM(__m256 a) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(half, _mm_movehdup_ps(half)));
+}
+#endif
+
+#ifdef LANES
+static inline float dot_row_int8(const float *restrict x, long k, const int8_t *restrict wj) {
+    VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
+    long t = 0;
+    for (; t + 4 * LANES <= k; t += 4 * LANES) {
+        a0 = VFMA(VLOAD(x + t), VINT8(wj + t), a0);
+        a1 = VFMA(VLOAD(x + t + LANES), VINT8(wj + t + LANES), a1);
+        a2 = VFMA(VLOAD(x + t + 2 * LANES), VINT8(wj + t + 2 * LANES), a2);
+        a3 = VFMA(VLOAD(x + t + 3 * LANES), VINT8(wj + t + 3 * LANES), a3);
+    }
+    float a = VSUM(VADD(VADD(a0, a1), VADD(a2, a3)));
+    for (; t < k; t++)
+        a += x[t] * (float)wj[t];
+    return a;
+}
+#else
 DOT_ROW(int8_t, dot_row_int8)
+#endif
 
 /* y = x @ w.T (+ bias), w float32 */
 void linear_f32(const float *x, const float *w, const float *bias, float *y, long rows, long n, long k) {

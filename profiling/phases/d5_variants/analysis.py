@@ -296,11 +296,13 @@ def step_splits(traces: dict, best: str, shapes, roof: dict) -> dict:
 
 def step_split_findings(splits: dict, best: str) -> dict | None:
     """findings.json's step_split (None when the best variant has no traced decode step): the variants shown (best
-    first), the parts in table order, each variant's summary (by_variant; its `biggest` is the verdict key)."""
+    first), the parts in table order (those with time in some variant), each variant's summary (by_variant; its
+    `biggest` is the verdict key)."""
     if best not in splits:
         return None
-    return {"best": best, "reference": REFERENCE, "variants": list(splits),
-            "parts": step_split.PARTS + [step_split.HOST], "by_variant": splits}
+    parts = [part for part in step_split.PARTS if any(entry["parts_s"][part] > 0 for entry in splits.values())]
+    return {"best": best, "reference": REFERENCE, "variants": list(splits), "parts": parts + [step_split.HOST],
+            "by_variant": splits}
 
 
 def step_split_table(splits: dict) -> pd.DataFrame:

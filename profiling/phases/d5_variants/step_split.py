@@ -24,6 +24,8 @@ Categories (PARTS)
       first match wins: attention, norm, elementwise; anything else is other).
     An event nested in a categorised kernel takes that kernel's category (aten::mm inside an lm_head aten::linear
     is lm_head); inside an `other` kernel or host code it is categorised on its own.
+    Our fused decoder layer (llm_infer::decoder_layer: projections, attention, norms and MLP in one C call) is a
+    part of its own, `decoder_layer`; a variant without it has 0 s there.
 
 Linear layers' bytes
     Each outermost linear call reads every tensor input but its activation (weight, scales and zeros, bias) in
@@ -32,6 +34,8 @@ Linear layers' bytes
     kind, named from the model's shapes (q/o, k/v, gate/up, down, lm_head: kinds whose weights have one shape
     share a name). torch.ao's dynamic int8 linear gets a packed weight whose shape the trace does not record: its
     bytes are unknown (NaN), and the step's last such call is its lm_head (the logits are a step's last matmul).
+    A fused decoder layer reads its seven weight matrices (int8 when it is given their scales, else in its hidden
+    state's dtype), their scales and its two norms' weights; its layer kind is `decoder_layer`.
 """
 from __future__ import annotations
 
@@ -43,9 +47,10 @@ from ...shapes import Shapes
 from ...trace_ops import cpu_ops_by_thread, load_events, self_times
 from ..d2_bottlenecks.op_categories import categorize
 
-PARTS = ["linear", "attention", "norm", "elementwise", "lm_head", "other"]  # the kernel categories
+FUSED_LAYER = "llm_infer::decoder_layer"  # our C decoder layer (profiling/kernels/decoder_layer.c)
+PARTS = ["decoder_layer", "linear", "attention", "norm", "elementwise", "lm_head", "other"]  # the kernel categories
 HOST = "host"  # the step's wall time outside kernels
-WEIGHT_PARTS = ("linear", "lm_head")  # the parts whose calls read a weight matrix
+WEIGHT_PARTS = ("decoder_layer", "linear", "lm_head")  # the parts whose calls read weight matrices
 ALL_LAYERS = "all"  # the `kind` of a part's own row in the CSV
 COLUMNS = ["variant", "part", "kind", "per_step_s", "share_of_wall", "calls_per_step", "weight_bytes_per_step",
            "bytes_per_s", "roof_share", "decode_steps", "step_wall_s"]  # step_split.csv (see `rows`)
@@ -79,6 +84,7 @@ LINEAR_INPUTS = {
     "llm_infer::small_batch_linear": (0, 1, 0), "llm_infer::small_batch_linear_int8": (0, 1, 0),
     "aten::_weight_int4pack_mm_for_cpu": (0, 1, 0), "quantized::int4mm_packed_weight_cpu": (0, 1, 0),
     "quantized::linear_dynamic": (0, None, None),
+    FUSED_LAYER: (0, None, None),  # seven weights in a list: fused_layer_bytes
 }
 
 # Bytes per element of the profiler's "Input type" names
@@ -140,9 +146,23 @@ def weight_shape(op: dict) -> tuple[int, int] | None:
     return int(weight[layout[2]]), int(activation[-1])
 
 
+def fused_layer_bytes(op: dict) -> float:
+    """Bytes a fused decoder layer call reads from its weights (see the module docstring); NaN when the trace does
+    not record its inputs. Its inputs: hidden, the two norms' weights, the weights (a list), the scales (a list)."""
+    dims, dtypes = _inputs(op)
+    if len(dims) < 5 or not dims[3] or dtypes[0] not in ELEMENT_BYTES:
+        return float("nan")
+    weight_element = 1 if dims[4] else ELEMENT_BYTES[dtypes[0]]
+    weights = sum(math.prod(shape) for shape in dims[3]) * weight_element
+    scales_and_norms = (sum(math.prod(shape) for shape in dims[4]) + math.prod(dims[1]) + math.prod(dims[2])) * 4
+    return float(weights + scales_and_norms)
+
+
 def weight_bytes(op: dict) -> float:
     """Bytes of every tensor input of a linear call but its activation (weight, scales and zeros, bias), in the
     dtypes the trace records; NaN when the trace does not record them."""
+    if op["name"] == FUSED_LAYER:
+        return fused_layer_bytes(op)
     layout = LINEAR_INPUTS.get(op["name"])
     dims, dtypes = _inputs(op)
     if layout is None or layout[1] is None or len(dims) <= layout[1] or len(dtypes) != len(dims):
@@ -164,6 +184,8 @@ def own_part(op: dict, shapes: Shapes) -> str:
         return HOST
     if FUSED_KERNEL.search(name):
         return fused_part(name)
+    if name == FUSED_LAYER:
+        return "decoder_layer"
     if name in QUANTISED_LINEARS:
         shape = weight_shape(op)
         return "lm_head" if shape is not None and shape[0] == shapes.vocab else "linear"

@@ -22,6 +22,9 @@ physical cores. A variant changes one or more levers (a `Spec`):
                                                     step is compiled (fixed shapes); reduce-overhead = CUDA graphs
     freezing  False | True                          with compile: Inductor's freezing (weights become constants,
                                                     folded and prepacked for oneDNN at compile time)
+    decoder   hf | fused                            fused: every decode step runs each decoder layer as one call
+                                                    of our C kernel (profiling/kernels/fused_decoder.py; CPU only,
+                                                    small_batch linears): ~40 operators a step instead of ~4,700
     threads   0 (all of the run's threads) or a count
 
 The weight-only kernels are fast on a CPU only with bfloat16 activations (float32 ones take slow fallbacks, 8-25x
@@ -38,6 +41,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ...engine import generate
+from ...kernels.fused_decoder import FusedDecoder
 from ...kernels.small_batch import use_small_batch_kernels
 from ...model import model_source
 from ...quantize import quantize_int4_weight_only, quantize_int8_dynamic, quantize_int8_weight_only
@@ -59,6 +63,7 @@ class Spec:
     freezing: bool = False  # with compile only
     group_size: int = 32  # int4_weight_only only
     linears: str = "aten"
+    decoder: str = "hf"  # hf | fused
     threads: int = 0  # 0: all of the run's threads
     cuda_only: bool = False
 
@@ -95,6 +100,9 @@ CATALOG: dict[str, Spec] = {
     "small_batch_sdpa_static_compile": Spec(attn="sdpa", linears="small_batch", cache="static", compile="default"),
     "int8wo_small_batch_sdpa_static_compile": Spec(attn="sdpa", quant="int8_weight_only", linears="small_batch",
                                                    cache="static", compile="default"),
+    # the same kernels with each decoder layer's decode step as one C call: the host time between operators goes
+    "small_batch_fused": Spec(attn="sdpa", linears="small_batch", decoder="fused"),
+    "int8wo_small_batch_fused": Spec(attn="sdpa", quant="int8_weight_only", linears="small_batch", decoder="fused"),
     "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
     "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
                                   cuda_only=True),
@@ -125,6 +133,8 @@ def unavailable_reason(spec: Spec, device: str) -> str | None:
         return "our small-batch kernel is a CPU one"
     if spec.freezing and spec.compile == "none":
         return "freezing is an Inductor option: it needs compile"
+    if spec.decoder == "fused" and (on_cuda or spec.linears != "small_batch" or spec.compile != "none"):
+        return "the fused decoder layer is our CPU kernel over small_batch linears, run eagerly"
     return None
 
 
@@ -268,7 +278,7 @@ class Built:
     device: str
     build_s: float
     weight_bytes: int  # bytes read per decode step (step_weight_bytes)
-    decoder: StaticDecoder | None = None
+    decoder: StaticDecoder | FusedDecoder | None = None
 
     def generate(self, input_ids, attention_mask, max_new_tokens: int, clock: StageClock,
                  cache_new_tokens: int = 0) -> torch.Tensor:
@@ -346,7 +356,9 @@ def build(name: str, model_name: str, device: str) -> Built:
 
         # Inductor's generated kernels then appear in a trace as operators (a cheap check when not profiling)
         inductor_config.cpp.enable_kernel_profile = True
-    if spec.cache == "static":
+    if spec.decoder == "fused":
+        decoder = FusedDecoder(model)
+    elif spec.cache == "static":
         decoder = StaticDecoder(model, spec.compile, spec.freezing)
     elif spec.compile != "none":
         # dynamic=True: one graph for every sequence length, instead of a recompilation per decode step

@@ -50,12 +50,13 @@ def weight_bits(described: dict | None) -> float:
 
 def engine_float32(described: dict | None) -> bool:
     """True for a variant that the engine runs in float32 by its own settings alone (cpu_linears, attention): no
-    quantisation, no compilation, the dynamic cache, all threads; the reference and the engine's default among them."""
+    quantisation, no compilation, the dynamic cache, transformers' layers (not our fused one: a D5 lever, not an
+    engine setting), all threads; the reference and the engine's default among them."""
     if not described:
         return False
     return (described.get("dtype") == "float32" and described.get("quant") == "none"
             and described.get("compile") == "none" and described.get("cache") == "dynamic"
-            and not described.get("threads"))
+            and described.get("decoder", "hf") == "hf" and not described.get("threads"))
 
 
 def classified(table: pd.DataFrame, meta: dict) -> pd.DataFrame:

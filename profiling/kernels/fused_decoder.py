@@ -1,0 +1,122 @@
+"""Greedy generation whose decode steps run each decoder layer as one C call (decoder_layer.c).
+
+The prefill runs the model's own forward (transformers, eagerly), then its KV cache is copied into one contiguous
+cache per layer, (batch, length, kv_heads, head_dim), each row's real tokens first (left padding dropped). A decode
+step is then:
+
+    h = embedding[token]                        one row per sequence
+    cos, sin = the model's rotary embedding at each row's position
+    llm_infer::decoder_layer(h, ...)            once per layer: norms, projections, rotary, cache write, attention,
+                                                MLP, residuals (h in place)
+    logits = lm_head(norm(h));  token = argmax
+
+~40 operators per step instead of ~1,200 (compiled) or ~4,700 (eager): the host time between kernels nearly goes,
+and the step is the time to stream the weights. For Llama-architecture models (transformers' LlamaForCausalLM and
+relatives with the same layer) whose linear layers are our small-batch ones (float32 or int8 weights): the model
+must have gone through use_small_batch_kernels first.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..timing import StageClock
+from .small_batch import SmallBatchInt8Linear, SmallBatchLinear, library
+
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+               "mlp.up_proj", "mlp.down_proj")  # decoder_layer.c's order
+
+
+def _module(root, dotted: str):
+    for name in dotted.split("."):
+        root = getattr(root, name)
+    return root
+
+
+def unsupported_reason(model) -> str | None:
+    """Why `model` cannot run fused (None when it can): its architecture and its linear layers."""
+    config = model.config
+    if config.model_type not in ("llama", "mistral", "qwen2") or getattr(config, "hidden_act", "silu") != "silu":
+        return f"the fused decoder layer is a Llama layer with SiLU; this model is {config.model_type}"
+    layer = model.model.layers[0]
+    kinds = {type(_module(layer, name)) for name in PROJECTIONS}
+    if len(kinds) != 1 or not kinds <= {SmallBatchLinear, SmallBatchInt8Linear}:
+        return "the fused decoder layer needs every projection on our small-batch kernel (float32 or int8 weights)"
+    if any(_module(layer, name).bias is not None for name in PROJECTIONS):
+        return "the fused decoder layer has no projection biases"
+    return None
+
+
+class FusedDecoder:
+    """Greedy generation: transformers' prefill, then decode steps of one llm_infer::decoder_layer call per layer."""
+
+    def __init__(self, model):
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(reason)
+        library()
+        self.model = model
+        self.config = model.config
+        self.eps = float(self.config.rms_norm_eps)
+        self.layers = []
+        for layer in model.model.layers:
+            linears = [_module(layer, name) for name in PROJECTIONS]
+            scales = [linear.scales for linear in linears] if isinstance(linears[0], SmallBatchInt8Linear) else []
+            self.layers.append((layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                                [linear.weight for linear in linears], scales))
+
+    def _prefill(self, input_ids, attention_mask, room: int):
+        """The model's prefill; last-position logits and the per-layer caches (keys, values) with room for `room`
+        more tokens, each row's real tokens first, and the number of them (lens)."""
+        from transformers import DynamicCache
+
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        cache = DynamicCache(config=self.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        lens = attention_mask.long().sum(-1)
+        batch, length = input_ids.shape
+        caches = []
+        for layer in cache.layers:
+            keys, values = layer.keys, layer.values  # (batch, kv_heads, prompt, head_dim)
+            shape = (batch, length + room, keys.shape[1], keys.shape[3])
+            key_cache, value_cache = keys.new_zeros(shape), values.new_zeros(shape)
+            for row in range(batch):
+                real = attention_mask[row].bool()
+                key_cache[row, :lens[row]] = keys[row, :, real].transpose(0, 1)
+                value_cache[row, :lens[row]] = values[row, :, real].transpose(0, 1)
+            caches.append((key_cache, value_cache))
+        return out.logits[:, -1, :], caches, lens, positions[:, -1]
+
+    def step(self, token_ids: torch.Tensor, positions: torch.Tensor, caches, lens: torch.Tensor) -> torch.Tensor:
+        """One decode step: token_ids and positions (batch,) int64, lens (batch,) the keys each row holds; the
+        last-position logits (batch, vocab). The caches gain one token per row (the caller then adds 1 to lens)."""
+        model = self.model.model
+        hidden = model.embed_tokens(token_ids).contiguous()
+        cos, sin = model.rotary_emb(hidden, positions[:, None])
+        cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
+        for (input_norm, post_norm, weights, scales), (key_cache, value_cache) in zip(self.layers, caches):
+            torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, key_cache, value_cache,
+                                              cos, sin, lens, self.eps)
+        return self.model.lm_head(model.norm(hidden))
+
+    @torch.inference_mode()
+    def generate(self, input_ids, attention_mask, max_new_tokens: int, clock: StageClock,
+                 keep_first_logits: bool = False, cache_new_tokens: int = 0):
+        """Greedy tokens (batch, max_new_tokens) on the host, timed as the engine's spans (prefill,
+        decode_step[i]); with keep_first_logits also the prefill's last-position logits (float32).
+        The caches hold prompt + max(max_new_tokens, cache_new_tokens) tokens."""
+        room = max(max_new_tokens, cache_new_tokens)
+        tokens, first_logits = [], None
+        with clock.span("prefill"):
+            logits, caches, lens, last = self._prefill(input_ids, attention_mask, room)
+            next_ids = logits.float().argmax(dim=-1)
+            tokens.append(next_ids.cpu())
+        if keep_first_logits:
+            first_logits = logits.float().cpu()
+        for step in range(1, max_new_tokens):
+            with clock.span(f"decode_step[{step}]"):
+                logits = self.step(next_ids, last + step, caches, lens)
+                lens += 1
+                next_ids = logits.float().argmax(dim=-1)
+                tokens.append(next_ids.cpu())
+        return torch.stack(tokens, dim=1), first_logits

@@ -1,0 +1,98 @@
+"""Our fused decoder layer (profiling/kernels/decoder_layer.c, fused_decoder.py) on the tiny model: D5's fused
+variants give the reference's greedy tokens over left-padded prompts, one layer call equals transformers' layer,
+bad inputs are refused by name, and a real trace of a fused step splits into the fused part with its weight bytes."""
+import pytest
+import torch
+
+from profiling.kernels import small_batch
+from profiling.phases.d5_variants import step_split as split
+from profiling.phases.d5_variants import variants as V
+from profiling.timing import StageClock
+from tests.test_d5_levers import generate, tiny_inputs  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.skipif(not small_batch.available(),
+                                reason=f"our C kernels cannot be built here: {small_batch.unavailable_reason()}")
+
+
+def test_the_fused_variants_give_the_tokens_of_their_unfused_twins(tiny_inputs):  # noqa: F811
+    reference = generate("reference", tiny_inputs, 8)
+    assert torch.equal(generate("small_batch_fused", tiny_inputs, 8), reference)
+    assert torch.equal(generate("int8wo_small_batch_fused", tiny_inputs, 8),
+                       generate("int8wo_small_batch_sdpa", tiny_inputs, 8))
+
+
+def fused_and_layer(tiny_inputs, name="small_batch_fused"):  # noqa: F811
+    built = V.build(name, "tiny-random", "cpu")
+    return built, built.decoder
+
+
+def test_one_layer_call_equals_transformers_layer(tiny_inputs):  # noqa: F811
+    from transformers import DynamicCache
+
+    built, fused = fused_and_layer(tiny_inputs)
+    model, config = built.model, built.model.config
+    torch.manual_seed(0)
+    prompt = torch.randn(1, 5, config.hidden_size)
+    new = torch.randn(1, 1, config.hidden_size)
+    layer = model.model.layers[0]
+    with torch.inference_mode():
+        cache = DynamicCache(config=config)
+        positions = torch.arange(6)[None]
+        rotary = model.model.rotary_emb(prompt, positions)
+        mask = torch.full((5, 5), float("-inf")).triu(1)[None, None]
+        layer(prompt, attention_mask=mask, position_ids=positions[:, :5], past_key_values=cache,
+              position_embeddings=(rotary[0][:, :5], rotary[1][:, :5]))
+        expected = layer(new, attention_mask=None, position_ids=positions[:, 5:], past_key_values=cache,
+                         position_embeddings=(rotary[0][:, 5:], rotary[1][:, 5:]))
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        keys, values = cache.layers[0].keys, cache.layers[0].values  # (1, kv_heads, 6, head_dim)
+        key_cache = torch.zeros(1, 8, keys.shape[1], keys.shape[3])
+        value_cache = torch.zeros_like(key_cache)
+        key_cache[0, :5], value_cache[0, :5] = keys[0, :, :5].transpose(0, 1), values[0, :, :5].transpose(0, 1)
+        hidden = new[:, 0].clone()
+        input_norm, post_norm, weights, scales = fused.layers[0]
+        torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, key_cache, value_cache,
+                                          rotary[0][:, 5].contiguous(), rotary[1][:, 5].contiguous(),
+                                          torch.tensor([5]), fused.eps)
+    torch.testing.assert_close(hidden, expected[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(key_cache[0, 5], keys[0, :, 5], rtol=1e-4, atol=1e-5)  # the new key, rotated
+    torch.testing.assert_close(value_cache[0, 5], values[0, :, 5], rtol=1e-4, atol=1e-5)
+
+
+def test_a_full_cache_and_a_wrong_weight_are_refused_by_name(tiny_inputs):  # noqa: F811
+    built, fused = fused_and_layer(tiny_inputs)
+    config = built.model.config
+    input_norm, post_norm, weights, scales = fused.layers[0]
+    heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    key_cache = torch.zeros(1, 4, heads, head_dim)
+    args = (torch.randn(1, config.hidden_size), input_norm, post_norm, weights, scales, key_cache,
+            torch.zeros_like(key_cache), torch.ones(1, head_dim), torch.zeros(1, head_dim))
+    with pytest.raises(RuntimeError, match=r"a row's cache is full: every lens value must be below max_len \(4\)"):
+        torch.ops.llm_infer.decoder_layer(*args, torch.tensor([4]), fused.eps)
+    swapped = [*weights[:3], weights[3].t(), *weights[4:]]  # o's weight as a strided view
+    with pytest.raises(RuntimeError, match=r"weight 3 must be a contiguous \(64, 64\) matrix of Float"):
+        torch.ops.llm_infer.decoder_layer(args[0], input_norm, post_norm, swapped, scales, *args[5:],
+                                          torch.tensor([0]), fused.eps)
+
+
+def test_a_traced_fused_step_is_the_fused_part_with_its_weight_bytes(tiny_inputs, tmp_path):  # noqa: F811
+    from torch.profiler import profile
+
+    from profiling.phases.d5_variants.step_split import model_shapes
+
+    built, fused = fused_and_layer(tiny_inputs, "int8wo_small_batch_fused")
+    with profile(record_shapes=True) as trace:
+        built.generate(*tiny_inputs, 3, StageClock("cpu"))
+    path = tmp_path / "fused.json"
+    trace.export_chrome_trace(str(path))
+    result = split.summary(split.step_split(path, model_shapes("tiny-random")), roof_bytes_per_s=1e9)
+    assert result["decode_steps"] == 2
+    assert result["parts_s"]["decoder_layer"] > 0 and result["parts_s"]["linear"] == 0
+    layers = {layer["kind"]: layer for layer in result["layers"]}
+    assert set(layers) == {"decoder_layer", "lm_head"}
+    assert layers["decoder_layer"]["calls_per_step"] == len(fused.layers)
+    expected = sum(sum(w.numel() for w in weights) + 4 * sum(s.numel() for s in scales)
+                   + 4 * (input_norm.numel() + post_norm.numel())
+                   for input_norm, post_norm, weights, scales in fused.layers)  # int8 weights: 1 byte each
+    assert layers["decoder_layer"]["weight_bytes"] == expected
+    assert result["weights"]["decoder_layer"]["bytes_traced"]
