@@ -19,6 +19,8 @@ def test_the_fused_variants_give_the_tokens_of_their_unfused_twins(tiny_inputs):
     assert torch.equal(generate("small_batch_fused", tiny_inputs, 8), reference)
     assert torch.equal(generate("int8wo_small_batch_fused", tiny_inputs, 8),
                        generate("int8wo_small_batch_sdpa", tiny_inputs, 8))
+    assert torch.equal(generate("int4wo_small_batch_fused", tiny_inputs, 8),
+                       generate("int4wo_small_batch_sdpa", tiny_inputs, 8))
 
 
 def fused_and_layer(tiny_inputs, name="small_batch_fused"):  # noqa: F811
@@ -50,9 +52,9 @@ def test_one_layer_call_equals_transformers_layer(tiny_inputs):  # noqa: F811
         value_cache = torch.zeros_like(key_cache)
         key_cache[0, :5], value_cache[0, :5] = keys[0, :, :5].transpose(0, 1), values[0, :, :5].transpose(0, 1)
         hidden = new[:, 0].clone()
-        input_norm, post_norm, weights, scales = fused.layers[0]
-        torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, key_cache, value_cache,
-                                          rotary[0][:, 5].contiguous(), rotary[1][:, 5].contiguous(),
+        input_norm, post_norm, weights, scales, lows = fused.layers[0]
+        torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, lows, key_cache,
+                                          value_cache, rotary[0][:, 5].contiguous(), rotary[1][:, 5].contiguous(),
                                           torch.tensor([5]), fused.eps)
     torch.testing.assert_close(hidden, expected[:, 0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(key_cache[0, 5], keys[0, :, 5], rtol=1e-4, atol=1e-5)  # the new key, rotated
@@ -62,25 +64,26 @@ def test_one_layer_call_equals_transformers_layer(tiny_inputs):  # noqa: F811
 def test_a_full_cache_and_a_wrong_weight_are_refused_by_name(tiny_inputs):  # noqa: F811
     built, fused = fused_and_layer(tiny_inputs)
     config = built.model.config
-    input_norm, post_norm, weights, scales = fused.layers[0]
+    input_norm, post_norm, weights, scales, lows = fused.layers[0]
     heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
     key_cache = torch.zeros(1, 4, heads, head_dim)
-    args = (torch.randn(1, config.hidden_size), input_norm, post_norm, weights, scales, key_cache,
+    args = (torch.randn(1, config.hidden_size), input_norm, post_norm, weights, scales, lows, key_cache,
             torch.zeros_like(key_cache), torch.ones(1, head_dim), torch.zeros(1, head_dim))
     with pytest.raises(RuntimeError, match=r"a row's cache is full: every lens value must be below max_len \(4\)"):
         torch.ops.llm_infer.decoder_layer(*args, torch.tensor([4]), fused.eps)
     swapped = [*weights[:3], weights[3].t(), *weights[4:]]  # o's weight as a strided view
     with pytest.raises(RuntimeError, match=r"weight 3 must be a contiguous \(64, 64\) matrix of Float"):
-        torch.ops.llm_infer.decoder_layer(args[0], input_norm, post_norm, swapped, scales, *args[5:],
+        torch.ops.llm_infer.decoder_layer(args[0], input_norm, post_norm, swapped, scales, lows, *args[6:],
                                           torch.tensor([0]), fused.eps)
 
 
-def test_a_traced_fused_step_is_the_fused_part_with_its_weight_bytes(tiny_inputs, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("variant", ["int8wo_small_batch_fused", "int4wo_small_batch_fused"])
+def test_a_traced_fused_step_is_the_fused_part_with_its_weight_bytes(tiny_inputs, tmp_path, variant):  # noqa: F811
     from torch.profiler import profile
 
     from profiling.phases.d5_variants.step_split import model_shapes
 
-    built, fused = fused_and_layer(tiny_inputs, "int8wo_small_batch_fused")
+    built, fused = fused_and_layer(tiny_inputs, variant)
     with profile(record_shapes=True) as trace:
         built.generate(*tiny_inputs, 3, StageClock("cpu"))
     path = tmp_path / "fused.json"
@@ -91,8 +94,8 @@ def test_a_traced_fused_step_is_the_fused_part_with_its_weight_bytes(tiny_inputs
     layers = {layer["kind"]: layer for layer in result["layers"]}
     assert set(layers) == {"decoder_layer", "lm_head"}
     assert layers["decoder_layer"]["calls_per_step"] == len(fused.layers)
-    expected = sum(sum(w.numel() for w in weights) + 4 * sum(s.numel() for s in scales)
+    expected = sum(sum(w.numel() for w in weights) + 4 * sum(s.numel() for s in scales + lows)
                    + 4 * (input_norm.numel() + post_norm.numel())
-                   for input_norm, post_norm, weights, scales in fused.layers)  # int8 weights: 1 byte each
+                   for input_norm, post_norm, weights, scales, lows in fused.layers)  # int8 and int4: bytes
     assert layers["decoder_layer"]["weight_bytes"] == expected
     assert result["weights"]["decoder_layer"]["bytes_traced"]

@@ -51,6 +51,27 @@ def test_the_int8_kernel_uses_one_scale_per_output_channel():
             torch.testing.assert_close(layer(x), F.linear(x, dequantised, linear.bias), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("in_features", [96, 320])  # 3 groups (the loop's leftover groups), 10 (4 at a time, then 2)
+def test_the_int4_kernel_reads_q4_1_groups_as_the_aten_int4_layer_stores_them(in_features):
+    from profiling.quantize import Int4WeightOnlyLinear
+
+    torch.manual_seed(2)
+    linear = nn.Linear(in_features, 48)
+    layer = small_batch.SmallBatchInt4Linear(linear)
+    assert layer.codes.dtype == torch.uint8 and layer.codes.shape == (48, in_features // 2)
+    weight = layer.dequantized()
+    # the same codes, scales and lows as the aten kernel's layer: w = (q - 8) * scale + zero = low + q * scale
+    aten = Int4WeightOnlyLinear(linear, torch.float32)
+    scales, zeros = aten.scales_and_zeros[..., 0].t(), aten.scales_and_zeros[..., 1].t()
+    torch.testing.assert_close(layer.scales, scales)
+    torch.testing.assert_close(layer.lows, zeros - 8 * scales)
+    assert (weight - linear.weight).abs().max() <= layer.scales.max() / 2 + 1e-6
+    for rows in (1, 2, 4, 5, 17):
+        x = torch.randn(rows, in_features)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), F.linear(x, weight, linear.bias), rtol=1e-4, atol=1e-4)
+
+
 def test_the_kernel_runs_on_torchs_thread_count():
     lib = small_batch.library()
     before = torch.get_num_threads()
@@ -174,7 +195,7 @@ def load_model_copy(model, tmp_path, int8: bool):
     import copy
 
     fast = copy.deepcopy(model)
-    small_batch.use_small_batch_kernels(fast, int8_weights=int8)
+    small_batch.use_small_batch_kernels(fast, weights="int8" if int8 else "float32")
     return fast
 
 

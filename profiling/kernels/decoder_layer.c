@@ -14,7 +14,8 @@
  * paged_attention.c's kernel over a contiguous cache (one block per row).
  *
  * Layouts (row-major, contiguous, float32 unless said): h (rows, hidden), updated in place; weights (out, in) float32,
- * or int8 with one float32 scale per output (scales != NULL); caches (rows, max_len, kv_heads, head_dim); cos and
+ * int8 with one float32 scale per output (scales != NULL), or int4 codes (out, in / 2) with a scale and a low per
+ * group of 32 inputs (lows != NULL; small_batch_linear.c's layout); caches (rows, max_len, kv_heads, head_dim); cos and
  * sin (rows, head_dim), the rotary factors of each row's position; lens (rows) int64, keys a row holds before
  * this token (its new key goes to slot lens[r]).
  */
@@ -26,21 +27,29 @@
 void linear_f32(const float *x, const float *w, const float *bias, float *y, long rows, long n, long k);
 void linear_int8(const float *x, const int8_t *w, const float *scale, const float *bias, float *y, long rows, long n,
                  long k);
+int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
+                float *y, long rows, long n, long k);
 int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
                                const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
                                long num_blocks, long block_size, long max_blocks, float scale);
 
-/* The layer's seven projections in the order q, k, v, o, gate, up, down; scales[i] NULL for float32 weights */
+/* The layer's seven projections in the order q, k, v, o, gate, up, down; scales[i] NULL for float32 weights,
+ * lows[i] NULL for float32 and int8 ones */
 typedef struct {
     const void *weights[7];
     const float *scales[7];
+    const float *lows[7];
 } projections;
 
-static void project(const projections *p, int i, const float *x, float *y, long rows, long n, long k) {
+/* y = x @ w_i.T; 0, or -1 when the int4 kernel's scratch memory could not be allocated */
+static int project(const projections *p, int i, const float *x, float *y, long rows, long n, long k) {
+    if (p->lows[i])
+        return linear_int4(x, (const uint8_t *)p->weights[i], p->scales[i], p->lows[i], NULL, y, rows, n, k);
     if (p->scales[i])
         linear_int8(x, (const int8_t *)p->weights[i], p->scales[i], NULL, y, rows, n, k);
     else
         linear_f32(x, (const float *)p->weights[i], NULL, y, rows, n, k);
+    return 0;
 }
 
 /* out[r] = h[r] / sqrt(mean(h[r]^2) + eps) * weight */
@@ -92,9 +101,8 @@ int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm,
     int64_t *new_lens = tables + rows;
 
     rmsnorm(h, input_norm, x, rows, hidden, eps);
-    project(p, 0, x, q, rows, q_width, hidden);
-    project(p, 1, x, k, rows, kv_width, hidden);
-    project(p, 2, x, v, rows, kv_width, hidden);
+    int failed = project(p, 0, x, q, rows, q_width, hidden) | project(p, 1, x, k, rows, kv_width, hidden) |
+                 project(p, 2, x, v, rows, kv_width, hidden);
     rotary(q, cos, sin, rows, heads, head_dim);
     rotary(k, cos, sin, rows, kv_heads, head_dim);
     for (long r = 0; r < rows; r++) { /* the new key and value at the row's next slot; row r's cache is block r */
@@ -103,18 +111,17 @@ int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm,
         tables[r] = r;
         new_lens[r] = lens[r] + 1;
     }
-    int failed = paged_decode_attention_f32(q, key_cache, value_cache, tables, new_lens, attn, rows, heads, kv_heads,
-                                            head_dim, rows, max_len, 1, 1.0f / sqrtf((float)head_dim));
+    failed |= paged_decode_attention_f32(q, key_cache, value_cache, tables, new_lens, attn, rows, heads, kv_heads,
+                                         head_dim, rows, max_len, 1, 1.0f / sqrtf((float)head_dim));
     if (failed == 0) {
-        project(p, 3, attn, x, rows, hidden, q_width);
+        failed |= project(p, 3, attn, x, rows, hidden, q_width);
         for (long i = 0; i < rows * hidden; i++)
             h[i] += x[i];
         rmsnorm(h, post_norm, x, rows, hidden, eps);
-        project(p, 4, x, gate, rows, intermediate, hidden);
-        project(p, 5, x, up, rows, intermediate, hidden);
+        failed |= project(p, 4, x, gate, rows, intermediate, hidden) | project(p, 5, x, up, rows, intermediate, hidden);
         for (long i = 0; i < rows * intermediate; i++)
             gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-        project(p, 6, gate, x, rows, hidden, intermediate);
+        failed |= project(p, 6, gate, x, rows, hidden, intermediate);
         for (long i = 0; i < rows * hidden; i++)
             h[i] += x[i];
     }

@@ -12,15 +12,15 @@ step is then:
 
 ~40 operators per step instead of ~1,200 (compiled) or ~4,700 (eager): the host time between kernels nearly goes,
 and the step is the time to stream the weights. For Llama-architecture models (transformers' LlamaForCausalLM and
-relatives with the same layer) whose linear layers are our small-batch ones (float32 or int8 weights): the model
-must have gone through use_small_batch_kernels first.
+relatives with the same layer) whose linear layers are our small-batch ones (float32, int8 or int4 weights): the
+model must have gone through use_small_batch_kernels first.
 """
 from __future__ import annotations
 
 import torch
 
 from ..timing import StageClock
-from .small_batch import SmallBatchInt8Linear, SmallBatchLinear, library
+from .small_batch import SmallBatchInt4Linear, SmallBatchInt8Linear, SmallBatchLinear, library
 
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")  # decoder_layer.c's order
@@ -39,8 +39,8 @@ def unsupported_reason(model) -> str | None:
         return f"the fused decoder layer is a Llama layer with SiLU; this model is {config.model_type}"
     layer = model.model.layers[0]
     kinds = {type(_module(layer, name)) for name in PROJECTIONS}
-    if len(kinds) != 1 or not kinds <= {SmallBatchLinear, SmallBatchInt8Linear}:
-        return "the fused decoder layer needs every projection on our small-batch kernel (float32 or int8 weights)"
+    if len(kinds) != 1 or not kinds <= {SmallBatchLinear, SmallBatchInt8Linear, SmallBatchInt4Linear}:
+        return "the fused decoder layer needs every projection on our small-batch kernel (float32, int8 or int4 weights)"
     if any(_module(layer, name).bias is not None for name in PROJECTIONS):
         return "the fused decoder layer has no projection biases"
     return None
@@ -58,11 +58,14 @@ class FusedDecoder:
         self.config = model.config
         self.eps = float(self.config.rms_norm_eps)
         self.layers = []
-        for layer in model.model.layers:
+        for layer in model.model.layers:  # (input norm, post-attention norm, weights, scales, lows): the op's
             linears = [_module(layer, name) for name in PROJECTIONS]
-            scales = [linear.scales for linear in linears] if isinstance(linears[0], SmallBatchInt8Linear) else []
-            self.layers.append((layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                                [linear.weight for linear in linears], scales))
+            kind = type(linears[0])
+            weights = [linear.codes if kind is SmallBatchInt4Linear else linear.weight for linear in linears]
+            scales = [linear.scales for linear in linears] if kind is not SmallBatchLinear else []
+            lows = [linear.lows for linear in linears] if kind is SmallBatchInt4Linear else []
+            self.layers.append((layer.input_layernorm.weight, layer.post_attention_layernorm.weight, weights, scales,
+                                lows))
 
     def _prefill(self, input_ids, attention_mask, room: int):
         """The model's prefill; last-position logits and the per-layer caches (keys, values) with room for `room`
@@ -94,9 +97,9 @@ class FusedDecoder:
         hidden = model.embed_tokens(token_ids).contiguous()
         cos, sin = model.rotary_emb(hidden, positions[:, None])
         cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
-        for (input_norm, post_norm, weights, scales), (key_cache, value_cache) in zip(self.layers, caches):
-            torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, key_cache, value_cache,
-                                              cos, sin, lens, self.eps)
+        for (input_norm, post_norm, weights, scales, lows), (key_cache, value_cache) in zip(self.layers, caches):
+            torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, lows, key_cache,
+                                              value_cache, cos, sin, lens, self.eps)
         return self.model.lm_head(model.norm(hidden))
 
     @torch.inference_mode()

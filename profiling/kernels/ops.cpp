@@ -1,17 +1,20 @@
 // Our C kernels as torch operators, called by torch's dispatcher without Python:
 //     llm_infer::small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor        (small_batch_linear.c)
 //     llm_infer::small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor
-//         x (rows, k) float32; weight (n, k) float32 or int8; scales (n) float32; bias (n) float32; out (rows, n)
+//     llm_infer::small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor
+//         x (rows, k) float32; weight (n, k) float32 or int8; scales (n) float32; bias (n) float32; out (rows, n);
+//         int4: codes (n, k / 2) uint8, scales and lows (n, k / 32) float32 (small_batch_linear.c's layout)
 //     llm_infer::paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables,
 //                                       Tensor seq_lens, float scale) -> Tensor                 (paged_attention.c)
 //         query (rows, heads, head_dim) float32; pools (blocks, block_size, kv_heads, head_dim) float32;
 //         block_tables (rows, max_blocks) int64; seq_lens (rows) int64; out like query
 //     llm_infer::decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights,
-//                              Tensor[] scales, Tensor(b!) key_cache, Tensor(c!) value_cache, Tensor cos, Tensor sin,
-//                              Tensor lens, float eps) -> ()                                       (decoder_layer.c)
+//                              Tensor[] scales, Tensor[] lows, Tensor(b!) key_cache, Tensor(c!) value_cache,
+//                              Tensor cos, Tensor sin, Tensor lens, float eps) -> ()              (decoder_layer.c)
 //         hidden (rows, hidden) float32, updated in place; weights q, k, v, o, gate, up, down (out, in), float32
-//         (scales empty) or int8 (scales: 7 tensors of (out) float32); caches (rows, max_len, kv_heads, head_dim)
-//         float32; cos, sin (rows, head_dim) float32; lens (rows) int64, keys held before this token
+//         (scales and lows empty), int8 (scales: 7 tensors of (out) float32, lows empty) or int4 (codes (out, in / 2)
+//         uint8, scales and lows 7 tensors each of (out, in / 32) float32); caches (rows, max_len, kv_heads,
+//         head_dim) float32; cos, sin (rows, head_dim) float32; lens (rows) int64, keys held before this token
 // Their shape functions, for torch.compile, are in build.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -24,12 +27,15 @@ extern "C" {
 void linear_f32(const float *x, const float *w, const float *bias, float *y, long rows, long n, long k);
 void linear_int8(const float *x, const int8_t *w, const float *scale, const float *bias, float *y, long rows, long n,
                  long k);
+int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
+                float *y, long rows, long n, long k);
 int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
                                const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
                                long num_blocks, long block_size, long max_blocks, float scale);
 typedef struct {
     const void *weights[7];
     const float *scales[7];
+    const float *lows[7];
 } projections;
 int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm, const projections *p,
                       float *key_cache, float *value_cache, const float *cos, const float *sin, const int64_t *lens,
@@ -70,6 +76,29 @@ static at::Tensor small_batch_linear_int8(const at::Tensor &x, const at::Tensor 
     return out;
 }
 
+static at::Tensor small_batch_linear_int4(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
+                                          const at::Tensor &lows, const std::optional<at::Tensor> &bias) {
+    TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.size(1) % 32 == 0,
+                "small_batch_linear_int4: x must be a (rows, k) float32 matrix, k a multiple of 32");
+    const int64_t n = codes.size(0), groups = x.size(1) / 32;
+    TORCH_CHECK(codes.dim() == 2 && codes.is_contiguous() && codes.scalar_type() == at::kByte &&
+                codes.size(1) * 2 == x.size(1), "small_batch_linear_int4: codes must be a contiguous (n, k / 2) uint8 "
+                "matrix");
+    for (const at::Tensor *t : {&scales, &lows})
+        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->numel() == n * groups,
+                    "small_batch_linear_int4: scales and lows must be contiguous (n, k / 32) float32");
+    TORCH_CHECK(!bias || (bias->is_contiguous() && bias->scalar_type() == at::kFloat && bias->numel() == n),
+                "small_batch_linear_int4: bias must be n contiguous float32 values");
+    at::Tensor input = x.contiguous();
+    at::Tensor out = at::empty({input.size(0), n}, input.options());
+    int failed = linear_int4(input.const_data_ptr<float>(), codes.const_data_ptr<uint8_t>(),
+                             scales.const_data_ptr<float>(), lows.const_data_ptr<float>(),
+                             bias ? bias->const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
+                             input.size(0), n, input.size(1));
+    TORCH_CHECK(failed == 0, "small_batch_linear_int4: out of memory for its scratch buffer");
+    return out;
+}
+
 static at::Tensor paged_decode_attention(const at::Tensor &query, const at::Tensor &key_pool,
                                          const at::Tensor &value_pool, const at::Tensor &block_tables,
                                          const at::Tensor &seq_lens, double scale) {
@@ -104,7 +133,8 @@ static bool float_matrix(const at::Tensor &t, int64_t rows, int64_t cols) {
 }
 
 static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm, const at::Tensor &post_norm,
-                          at::TensorList weights, at::TensorList scales, const at::Tensor &key_cache,
+                          at::TensorList weights, at::TensorList scales, at::TensorList lows,
+                          const at::Tensor &key_cache,
                           const at::Tensor &value_cache, const at::Tensor &cos, const at::Tensor &sin,
                           const at::Tensor &lens, double eps) {
     TORCH_CHECK(hidden.dim() == 2 && hidden.is_contiguous() && hidden.scalar_type() == at::kFloat,
@@ -115,28 +145,40 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
                 value_cache.scalar_type() == at::kFloat,
                 "decoder_layer: the caches must be contiguous (rows, max_len, kv_heads, head_dim) float32");
     const int64_t max_len = key_cache.size(1), kv_heads = key_cache.size(2), head_dim = key_cache.size(3);
-    TORCH_CHECK(weights.size() == 7 && (scales.empty() || scales.size() == 7),
-                "decoder_layer: weights must be q, k, v, o, gate, up, down; scales none or one per weight");
+    TORCH_CHECK(weights.size() == 7 && (scales.empty() || scales.size() == 7) && (lows.empty() || lows.size() == 7) &&
+                (lows.empty() || !scales.empty()),
+                "decoder_layer: weights must be q, k, v, o, gate, up, down; scales none (float32) or one per weight; "
+                "lows none or one per weight (int4, with scales)");
     const int64_t q_width = weights[0].size(0), intermediate = weights[4].size(0);
     TORCH_CHECK(q_width % head_dim == 0 && (q_width / head_dim) % kv_heads == 0,
                 "decoder_layer: q's outputs must be heads x head_dim, with kv_heads dividing heads");
     const int64_t shapes[7][2] = {{q_width, width}, {kv_heads * head_dim, width}, {kv_heads * head_dim, width},
                                   {width, q_width}, {intermediate, width}, {intermediate, width},
                                   {width, intermediate}};
-    const at::ScalarType weight_type = scales.empty() ? at::kFloat : at::kChar;
+    const bool int4 = !lows.empty();
+    const at::ScalarType weight_type = int4 ? at::kByte : scales.empty() ? at::kFloat : at::kChar;
     projections p;
     for (int i = 0; i < 7; i++) {
+        const int64_t columns = int4 ? shapes[i][1] / 2 : shapes[i][1];  // int4: two codes a byte
+        const int64_t per_weight = int4 ? shapes[i][0] * (shapes[i][1] / 32) : shapes[i][0];  // scales' values
         TORCH_CHECK(weights[i].dim() == 2 && weights[i].is_contiguous() && weights[i].scalar_type() == weight_type &&
-                    weights[i].size(0) == shapes[i][0] && weights[i].size(1) == shapes[i][1],
-                    "decoder_layer: weight ", i, " must be a contiguous (", shapes[i][0], ", ", shapes[i][1],
+                    weights[i].size(0) == shapes[i][0] && weights[i].size(1) == columns,
+                    "decoder_layer: weight ", i, " must be a contiguous (", shapes[i][0], ", ", columns,
                     ") matrix of ", weight_type);
+        TORCH_CHECK(!int4 || shapes[i][1] % 32 == 0, "decoder_layer: int4 weights need inputs in groups of 32");
         p.weights[i] = weights[i].const_data_ptr();
-        p.scales[i] = nullptr;
+        p.scales[i] = p.lows[i] = nullptr;
         if (!scales.empty()) {
             TORCH_CHECK(scales[i].is_contiguous() && scales[i].scalar_type() == at::kFloat &&
-                        scales[i].numel() == shapes[i][0], "decoder_layer: scales ", i, " must be ", shapes[i][0],
+                        scales[i].numel() == per_weight, "decoder_layer: scales ", i, " must be ", per_weight,
                         " contiguous float32 values");
             p.scales[i] = scales[i].const_data_ptr<float>();
+        }
+        if (int4) {
+            TORCH_CHECK(lows[i].is_contiguous() && lows[i].scalar_type() == at::kFloat &&
+                        lows[i].numel() == per_weight, "decoder_layer: lows ", i, " must be ", per_weight,
+                        " contiguous float32 values");
+            p.lows[i] = lows[i].const_data_ptr<float>();
         }
     }
     TORCH_CHECK(input_norm.numel() == width && post_norm.numel() == width && input_norm.is_contiguous() &&
@@ -159,15 +201,18 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
 TORCH_LIBRARY(llm_infer, m) {
     m.def("small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+    m.def("small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor");
     m.def("paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables, "
           "Tensor seq_lens, float scale) -> Tensor");
     m.def("decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights, Tensor[] scales, "
-          "Tensor(b!) key_cache, Tensor(c!) value_cache, Tensor cos, Tensor sin, Tensor lens, float eps) -> ()");
+          "Tensor[] lows, Tensor(b!) key_cache, Tensor(c!) value_cache, Tensor cos, Tensor sin, Tensor lens, "
+          "float eps) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(llm_infer, CPU, m) {
     m.impl("small_batch_linear", &small_batch_linear);
     m.impl("small_batch_linear_int8", &small_batch_linear_int8);
+    m.impl("small_batch_linear_int4", &small_batch_linear_int4);
     m.impl("paged_decode_attention", &paged_decode_attention);
     m.impl("decoder_layer", &decoder_layer);
 }

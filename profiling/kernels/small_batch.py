@@ -9,6 +9,9 @@ inputs to it (prepack.py).
 
     cpu_linears: small_batch     float32 linears: this kernel at <= MAX_ROWS rows, oneDNN packed above
 
+D5's levers also store the weights in int8 (a scale per output channel: SmallBatchInt8Linear) or in int4 (groups of
+32 with a scale and a low, llama.cpp's q4_1 layout: SmallBatchInt4Linear), activations kept in float32.
+
 The kernel is plain C (small_batch_linear.c), wrapped as the torch operators llm_infer::small_batch_linear and
 llm_infer::small_batch_linear_int8 by a few lines of C++ (ops.cpp): torch's dispatcher calls them without Python,
 the profiler records them by name with their shapes, and torch.compile calls them from a compiled graph. build.py
@@ -77,16 +80,59 @@ class SmallBatchInt8Linear(Int8WeightOnlyLinear):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-def use_small_batch_kernels(model: nn.Module, int8_weights: bool = False) -> int:
-    """Replace every float32 CPU nn.Linear of `model` (lm_head included) by a SmallBatchLinear, or, with
-    `int8_weights`, by a SmallBatchInt8Linear; in place. Returns how many were replaced; KernelUnavailable when the
-    kernel cannot be built here."""
+class SmallBatchInt4Linear(nn.Module):
+    """4-bit weights in groups of GROUP input channels, each group with a float32 scale and low (w = low + code *
+    scale, code 0..15: llama.cpp's q4_1 layout; the same codes, scales and lows as quantize.Int4WeightOnlyLinear),
+    float32 activations, by the C kernel at every row count (each weight row is read once, the rows of x meet it in
+    the L1 cache). Storage: `codes` (n, k / 2) uint8, group g's byte b holding codes b and b + 16 (low and high
+    halves); `scales` and `lows` (n, k / GROUP) float32: 0.75 byte per weight."""
+
+    GROUP = 32
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if self.in_features % self.GROUP:
+            raise ValueError(f"int4 weights need in_features ({self.in_features}) a multiple of {self.GROUP}")
+        groups = linear.weight.detach().float().reshape(self.out_features, -1, self.GROUP)
+        low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+        scales = (high - low).clamp(min=1e-8) / 15.0
+        codes = torch.round((groups - low) / scales).clamp(0, 15).to(torch.uint8)
+        packed = codes[..., : self.GROUP // 2] | (codes[..., self.GROUP // 2:] << 4)
+        self.register_buffer("codes", packed.reshape(self.out_features, -1).contiguous())
+        self.register_buffer("scales", scales.reshape(self.out_features, -1).contiguous())
+        self.register_buffer("lows", low.reshape(self.out_features, -1).contiguous())
+        self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else None)
+        library()
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight (n, k) the codes stand for."""
+        per_group = self.codes.reshape(self.out_features, -1, self.GROUP // 2)
+        codes = torch.cat([per_group & 15, per_group >> 4], dim=-1).float()  # (n, groups, GROUP)
+        weight = self.lows[..., None] + codes * self.scales[..., None]
+        return weight.reshape(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float()
+        out = torch.ops.llm_infer.small_batch_linear_int4(flat, self.codes, self.scales, self.lows, self.bias)
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+WEIGHT_KINDS = {"float32": SmallBatchLinear, "int8": SmallBatchInt8Linear, "int4": SmallBatchInt4Linear}
+
+
+def use_small_batch_kernels(model: nn.Module, weights: str = "float32") -> int:
+    """Replace every float32 CPU nn.Linear of `model` (lm_head included) by our kernel's layer for `weights`
+    (WEIGHT_KINDS: float32 SmallBatchLinear, int8 SmallBatchInt8Linear, int4 SmallBatchInt4Linear); in place.
+    Returns how many were replaced; KernelUnavailable when the kernel cannot be built here."""
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"small-batch weights {weights!r}: choose one of {', '.join(WEIGHT_KINDS)}")
     library()
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.device.type == "cpu" \
                     and child.weight.dtype == torch.float32:
-                setattr(parent, name, SmallBatchInt8Linear(child) if int8_weights else SmallBatchLinear(child))
+                setattr(parent, name, WEIGHT_KINDS[weights](child))
                 replaced += 1
     return replaced

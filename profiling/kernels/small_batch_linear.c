@@ -9,8 +9,12 @@
  *
  * Layouts (row-major, contiguous): x (rows, k) float32; w (n, k) float32 or int8; scale (n) float32, one per
  * output feature (int8: w[j, :] * scale[j] is the float weight row); bias (n) float32 or NULL; y (rows, n).
+ * int4 (llama.cpp's q4_1 layout, in float32 scales): groups of GROUP input features, each with a scale and a low,
+ * w = low + code * scale with code 0..15; codes (n, k / 2) uint8, group g's 16 bytes holding its codes 0-15 in their
+ * low halves and 16-31 in their high halves; scales and lows (n, k / GROUP) float32.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <omp.h>
 
 #define ROW_BLOCK 4 /* rows of x that share one pass over a weight row */
@@ -50,6 +54,7 @@ DOT_BLOCK(int8_t, dot_block_int8)
 #define VLOAD(p) _mm512_loadu_ps(p)
 #define VINT8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VSET(v) _mm512_set1_ps(v)
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VSUM(a) _mm512_reduce_add_ps(a)
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -60,6 +65,7 @@ DOT_BLOCK(int8_t, dot_block_int8)
 #define VLOAD(p) _mm256_loadu_ps(p)
 #define VINT8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VSET(v) _mm256_set1_ps(v)
 #define VADD(a, b) _mm256_add_ps(a, b)
 static inline float VSUM(__m256 a) {
     __m128 half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -116,6 +122,88 @@ void linear_int8(const float *x, const int8_t *w, const float *scale, const floa
         }
         for (; i < rows; i++) y[i * n + j] = dot_row_int8(x + i * k, k, wj) * s + b;
     }
+}
+
+/* ---- int4 weights in groups of GROUP ---------------------------------------------------------------------------
+ * dot(x, w_j) = sum over groups g of scale[g] * dot(x_g, codes_g) + low[g] * sum(x_g): the sums of x's groups are
+ * computed once per call (xsums), the codes' dot products in vector lanes, four groups in flight. */
+#define GROUP 32
+
+#if defined(__AVX512F__)
+/* dot(x_g, codes_g) of one group, 16 lanes: the 16 bytes' low halves meet x[0..15], the high halves x[16..31] */
+static inline __m512 group_dot(const float *x, const uint8_t *codes) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
+    const __m512 low = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
+    const __m512 high = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+    return _mm512_fmadd_ps(high, _mm512_loadu_ps(x + 16), _mm512_mul_ps(low, _mm512_loadu_ps(x)));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+/* the same in 8 lanes: bytes 0-7 then 8-15 */
+static inline __m256 group_dot(const float *x, const uint8_t *codes) {
+    __m256 sum = _mm256_setzero_ps();
+    for (int half = 0; half < 2; half++) {
+        const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + 8 * half)));
+        const __m256 low = _mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(15)));
+        const __m256 high = _mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4));
+        sum = _mm256_fmadd_ps(low, _mm256_loadu_ps(x + 8 * half), sum);
+        sum = _mm256_fmadd_ps(high, _mm256_loadu_ps(x + 16 + 8 * half), sum);
+    }
+    return sum;
+}
+#endif
+
+static inline float dot_row_int4(const float *restrict x, const float *restrict xsums, long groups,
+                                 const uint8_t *restrict codes, const float *restrict scale,
+                                 const float *restrict low) {
+    float lows = 0.0f;
+    for (long g = 0; g < groups; g++)
+        lows += low[g] * xsums[g];
+#ifdef LANES
+    VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
+    long g = 0;
+    for (; g + 4 <= groups; g += 4) {
+        a0 = VFMA(group_dot(x + g * GROUP, codes + g * GROUP / 2), VSET(scale[g]), a0);
+        a1 = VFMA(group_dot(x + (g + 1) * GROUP, codes + (g + 1) * GROUP / 2), VSET(scale[g + 1]), a1);
+        a2 = VFMA(group_dot(x + (g + 2) * GROUP, codes + (g + 2) * GROUP / 2), VSET(scale[g + 2]), a2);
+        a3 = VFMA(group_dot(x + (g + 3) * GROUP, codes + (g + 3) * GROUP / 2), VSET(scale[g + 3]), a3);
+    }
+    for (; g < groups; g++)
+        a0 = VFMA(group_dot(x + g * GROUP, codes + g * GROUP / 2), VSET(scale[g]), a0);
+    return VSUM(VADD(VADD(a0, a1), VADD(a2, a3))) + lows;
+#else
+    float a = 0.0f;
+    for (long g = 0; g < groups; g++) {
+        float d = 0.0f;
+        for (int b = 0; b < GROUP / 2; b++)
+            d += x[g * GROUP + b] * (float)(codes[g * GROUP / 2 + b] & 15) +
+                 x[g * GROUP + b + GROUP / 2] * (float)(codes[g * GROUP / 2 + b] >> 4);
+        a += scale[g] * d;
+    }
+    return a + lows;
+#endif
+}
+
+/* y = x @ w.T (+ bias), w int4 as above; k a multiple of GROUP. Returns 0, or -1 when scratch memory could not be
+ * allocated. Each weight row is read from memory once: the rows of x meet it while it sits in the L1 cache. */
+int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
+                float *y, long rows, long n, long k) {
+    const long groups = k / GROUP;
+    float *xsums = malloc(sizeof(float) * (size_t)(rows * groups));
+    if (xsums == NULL)
+        return -1;
+    for (long i = 0; i < rows * groups; i++) {
+        float sum = 0.0f;
+        for (int t = 0; t < GROUP; t++)
+            sum += x[i * GROUP + t];
+        xsums[i] = sum;
+    }
+    #pragma omp parallel for schedule(static)
+    for (long j = 0; j < n; j++)
+        for (long i = 0; i < rows; i++)
+            y[i * n + j] = dot_row_int4(x + i * k, xsums + i * groups, groups, codes + j * k / 2, scale + j * groups,
+                                        low + j * groups) + (bias ? bias[j] : 0.0f);
+    free(xsums);
+    return 0;
 }
 
 /* the threads a parallel loop above uses (torch.set_num_threads sets it: one OpenMP runtime) */

@@ -34,8 +34,9 @@ Linear layers' bytes
     kind, named from the model's shapes (q/o, k/v, gate/up, down, lm_head: kinds whose weights have one shape
     share a name). torch.ao's dynamic int8 linear gets a packed weight whose shape the trace does not record: its
     bytes are unknown (NaN), and the step's last such call is its lm_head (the logits are a step's last matmul).
-    A fused decoder layer reads its seven weight matrices (int8 when it is given their scales, else in its hidden
-    state's dtype), their scales and its two norms' weights; its layer kind is `decoder_layer`.
+    A fused decoder layer reads its seven weight matrices (one byte per element, int8 or two int4 codes, when it is
+    given their scales, else in its hidden state's dtype), their scales and lows (float32) and its two norms'
+    weights; its layer kind is `decoder_layer`.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ FUSED_PARTS = [
 ]
 
 QUANTISED_LINEARS = {"aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
-                     "quantized::int4mm_packed_weight_cpu", "quantized::linear_dynamic"}
+                     "quantized::int4mm_packed_weight_cpu", "quantized::linear_dynamic",
+                     "llm_infer::small_batch_linear_int4"}  # packed weights: told apart by their traced shape
 
 # A linear call's inputs: (position of the activation, position of the weight, the weight's axis of output
 # features); None: the trace records no shape for the weight (a packed torch.ao object)
@@ -82,6 +84,7 @@ LINEAR_INPUTS = {
     "aten::mm": (0, 1, -1), "aten::matmul": (0, 1, -1), "aten::addmm": (1, 2, -1),
     "aten::_weight_int8pack_mm": (0, 1, 0),
     "llm_infer::small_batch_linear": (0, 1, 0), "llm_infer::small_batch_linear_int8": (0, 1, 0),
+    "llm_infer::small_batch_linear_int4": (0, 1, 0),
     "aten::_weight_int4pack_mm_for_cpu": (0, 1, 0), "quantized::int4mm_packed_weight_cpu": (0, 1, 0),
     "quantized::linear_dynamic": (0, None, None),
     FUSED_LAYER: (0, None, None),  # seven weights in a list: fused_layer_bytes
@@ -148,14 +151,14 @@ def weight_shape(op: dict) -> tuple[int, int] | None:
 
 def fused_layer_bytes(op: dict) -> float:
     """Bytes a fused decoder layer call reads from its weights (see the module docstring); NaN when the trace does
-    not record its inputs. Its inputs: hidden, the two norms' weights, the weights (a list), the scales (a list)."""
+    not record its inputs. Its inputs: hidden, the two norms' weights, then lists: weights, scales, lows."""
     dims, dtypes = _inputs(op)
-    if len(dims) < 5 or not dims[3] or dtypes[0] not in ELEMENT_BYTES:
+    if len(dims) < 6 or not dims[3] or dtypes[0] not in ELEMENT_BYTES:
         return float("nan")
     weight_element = 1 if dims[4] else ELEMENT_BYTES[dtypes[0]]
     weights = sum(math.prod(shape) for shape in dims[3]) * weight_element
-    scales_and_norms = (sum(math.prod(shape) for shape in dims[4]) + math.prod(dims[1]) + math.prod(dims[2])) * 4
-    return float(weights + scales_and_norms)
+    floats = sum(math.prod(shape) for shape in dims[4] + dims[5]) + math.prod(dims[1]) + math.prod(dims[2])
+    return float(weights + floats * 4)
 
 
 def weight_bytes(op: dict) -> float:
@@ -229,7 +232,8 @@ def categorised(ops: list[dict], shapes: Shapes) -> list[dict]:
         stack.append(position)
     calls = [position for position, entry in enumerate(entries) if entry["call"] == position]
     has_lm_head = any(entries[call]["part"] == "lm_head" for call in calls)
-    if calls and not has_lm_head and weight_shape(entries[calls[-1]]["op"]) is None:
+    last = entries[calls[-1]]["op"] if calls else None
+    if last is not None and not has_lm_head and weight_shape(last) is None and last["name"] != FUSED_LAYER:
         # a packed weight of untraced shape (torch.ao's dynamic int8): the step's last linear call is its lm_head
         for entry in entries:
             if entry["call"] == calls[-1]:

@@ -16,7 +16,9 @@ physical cores. A variant changes one or more levers (a `Spec`):
     linears   aten | prepacked | small_batch        float linears by F.linear, packed once for oneDNN
                                                     (profiling/prepack.py; CPU only), or our C kernel at 1 to
                                                     4 rows (profiling/kernels/small_batch.py; CPU only): with
-                                                    int8_weight_only, int8 weights and float32 activations
+                                                    int8_weight_only, int8 weights and float32 activations; with
+                                                    int4_weight_only, groups of 32 with float32 scales and lows
+                                                    (0.75 byte per weight), float32 activations
     cache     dynamic | static                      static: transformers' StaticCache, length prompt + new tokens
     compile   none | default | reduce-overhead      torch.compile (Inductor); with a static cache only the decode
                                                     step is compiled (fixed shapes); reduce-overhead = CUDA graphs
@@ -103,6 +105,9 @@ CATALOG: dict[str, Spec] = {
     # the same kernels with each decoder layer's decode step as one C call: the host time between operators goes
     "small_batch_fused": Spec(attn="sdpa", linears="small_batch", decoder="fused"),
     "int8wo_small_batch_fused": Spec(attn="sdpa", quant="int8_weight_only", linears="small_batch", decoder="fused"),
+    # int4 weights (q4_1's layout in float32 scales: 0.75 byte per weight) by our C kernel, float32 activations
+    "int4wo_small_batch_sdpa": Spec(attn="sdpa", quant="int4_weight_only", linears="small_batch"),
+    "int4wo_small_batch_fused": Spec(attn="sdpa", quant="int4_weight_only", linears="small_batch", decoder="fused"),
     "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
     "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
                                   cuda_only=True),
@@ -339,7 +344,9 @@ def build(name: str, model_name: str, device: str) -> Built:
     start = time.perf_counter()
     model = load_variant_model(model_name, spec, device)
     if spec.quant == "int8_weight_only" and spec.linears == "small_batch":
-        use_small_batch_kernels(model, int8_weights=True)
+        use_small_batch_kernels(model, weights="int8")
+    elif spec.quant == "int4_weight_only" and spec.linears == "small_batch":
+        use_small_batch_kernels(model, weights="int4")  # q4_1's groups of 32 (group_size is the aten kernel's)
     elif spec.quant == "int8_weight_only":
         quantize_int8_weight_only(model, getattr(torch, spec.dtype))
     elif spec.quant == "int4_weight_only":
