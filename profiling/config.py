@@ -163,7 +163,7 @@ class Precision:
     device: str  # "cpu" or "cuda"
     dtype: str  # one of DTYPE_NAMES
     linears: str = "prepacked"  # on a CPU: prepacked (oneDNN, packed at load), aten (F.linear) or small_batch (our
-                                # C kernel at 1-4 rows, prepacked above); see prepack.py. The config's default:
+                                # C kernel at 1-32 rows, prepacked above); see prepack.py. The config's default:
                                 # small_batch
 
     @property

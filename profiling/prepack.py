@@ -10,7 +10,7 @@ D5's variant table (`sdpa` runs F.linear, `prepacked_sdpa` the same with its lin
 
     cpu_linears: prepacked   float32 and bfloat16 weights on the CPU, packed at load (the default)
     cpu_linears: aten        torch's F.linear, as transformers runs it
-    cpu_linears: small_batch float32 linears by our own C kernel at 1 to 4 rows and packed for oneDNN above
+    cpu_linears: small_batch float32 linears by our own C kernel at 1 to 32 rows and packed for oneDNN above
                              (profiling/kernels/small_batch.py); other dtypes packed as with prepacked
 
 bfloat16 weights are packed only where this CPU has the instructions oneDNN's bfloat16 path needs (AVX-512 BW, VL

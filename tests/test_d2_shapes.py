@@ -164,7 +164,10 @@ def tiny_curve(tiny, monkeypatch):
     calls = {kernel: [] for kernel in linear_shapes.PRODUCTS}
     for kernel, product in dict(linear_shapes.PRODUCTS).items():
         def counted(x, matrix, kernel=kernel, product=product):
-            calls[kernel].append(matrix.is_mkldnn)
+            if isinstance(matrix, tuple):  # small_batch: the weight and its panels (None where the shape has none)
+                calls[kernel].append("panels" if matrix[1] is not None and matrix[1].dim() == 3 else "weight")
+            else:
+                calls[kernel].append("packed" if matrix.is_mkldnn else "plain")
             return product(x, matrix)
         monkeypatch.setitem(linear_shapes.PRODUCTS, kernel, counted)
     rows = Measurements("d2_bottlenecks")
@@ -189,11 +192,16 @@ def test_the_measuring_function_writes_every_point_and_the_table_its_columns(tin
     passes = measurements[measurements["metric"] == linear_shapes.METRIC]
     assert set(passes["variant"]) == {f"linear_{d}_{k}" for d in ("float32", "bfloat16") for k in kernels[d]}
     assert (passes["variant"] == "linear_" + passes["dtype"] + "_" + passes["kernel"]).all()
-    # every timed pass ran its own kernel over every matrix: plain weights for aten, packed ones for prepacked
+    # every timed pass ran its own kernel over every matrix: plain weights for aten, packed ones for prepacked,
+    # the weights laid out in panels for small_batch (where the shape allows, as SmallBatchLinear does)
+    width = small_batch.library().panel_width() if small_batch.available() else 0
+    layouts = {"aten": ["plain"] * len(linears), "prepacked": ["packed"] * len(linears),
+               "small_batch": ["panels" if m.out_features % max(width, 1) == 0 else "weight" for m in linears]}
+    assert "panels" in layouts["small_batch"]
     for kernel in kernels["float32"]:
         dtypes = sum(kernel in kernels[d] for d in kernels)
         runs = len(passes[passes["kernel"] == kernel]) + 3 * dtypes  # + one warm-up pass per (dtype, M)
-        assert calls[kernel] == [kernel == "prepacked"] * (runs * len(linears))
+        assert calls[kernel] == layouts[kernel] * runs
     assert (table["matrices"] == len(linears)).all() and (table["n"] >= 1).all()
     elements = sum(m.weight.numel() for m in linears)
     by_dtype = table.groupby("dtype")["weight_bytes"].first()

@@ -24,11 +24,14 @@ pytestmark = pytest.mark.skipif(not small_batch.available(),
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_float32_kernel_computes_what_f_linear_does_at_every_row_count(bias):
+@pytest.mark.parametrize("out_features", [64, 40])  # panels (a multiple of their width), or none: the dot products
+def test_the_float32_kernels_compute_what_f_linear_does_at_every_row_count(bias, out_features):
     torch.manual_seed(0)
-    linear = nn.Linear(72, 40, bias=bias)  # in_features not a multiple of a vector: the loop's tail runs
+    linear = nn.Linear(72, out_features, bias=bias)  # in_features not a multiple of a vector: the loop's tail runs
     layer = small_batch.SmallBatchLinear(linear)
-    for rows in range(1, small_batch.MAX_ROWS + 3):  # the kernel's rows, its 4-row blocks and tail, oneDNN's above
+    assert (layer._panels is not None) == (out_features == 64)
+    # every panel block size (1-6 rows) and several blocks, both kernels' limits, oneDNN's rows above
+    for rows in [*range(1, 14), small_batch.MAX_ROWS, small_batch.MAX_ROWS + 1]:
         x = torch.randn(rows, 72)
         with torch.inference_mode():
             torch.testing.assert_close(layer(x), F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)

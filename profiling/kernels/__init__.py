@@ -1,4 +1,4 @@
-"""Our own CPU kernels, in C, built once per machine (build.py): small_batch.py (linear layers at 1 to 4 rows) and
+"""Our own CPU kernels, in C, built once per machine (build.py): small_batch.py (linear layers at 1 to 32 rows) and
 paged_attention.c (the server's decode attention over its paged KV pool).
 
 COMPILERS names the compilers they need (environment variable -> default); the workflow checks them before any

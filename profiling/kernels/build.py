@@ -1,6 +1,6 @@
 """Builds and loads our C kernels: one shared library, compiled once per machine and cached.
 
-    small_batch_linear.c   linear layers at 1 to 4 rows (small_batch.py)
+    small_batch_linear.c   linear layers at a few rows (small_batch.py)
     paged_attention.c      decode attention read in place from a paged KV pool (serving/engine/paged_runner.py)
     decoder_layer.c        a whole decoder layer's decode step in one call (fused_decoder.py)
     ops.cpp                both as torch operators (llm_infer::...), called by torch's dispatcher without Python
@@ -105,6 +105,11 @@ def _linear_shape(x: torch.Tensor, weight: torch.Tensor, *unused) -> torch.Tenso
     return x.new_empty(x.shape[0], weight.shape[0], dtype=torch.float32)
 
 
+def _panels_shape(x: torch.Tensor, panels: torch.Tensor, *unused) -> torch.Tensor:
+    """The panel GEMM's output: (rows, n / W panels x W)."""
+    return x.new_empty(x.shape[0], panels.shape[0] * panels.shape[2], dtype=torch.float32)
+
+
 def _attention_shape(query: torch.Tensor, *unused) -> torch.Tensor:
     """The paged decode attention's output without computing it."""
     return torch.empty_like(query)
@@ -122,6 +127,7 @@ def library() -> ctypes.CDLL:
         raise KernelUnavailable(f"{type(error).__name__}: {error}") from error
     for name in ("small_batch_linear", "small_batch_linear_int8", "small_batch_linear_int4"):
         torch.library.register_fake(f"llm_infer::{name}")(_linear_shape)
+    torch.library.register_fake("llm_infer::small_batch_linear_panels")(_panels_shape)
     torch.library.register_fake("llm_infer::paged_decode_attention")(_attention_shape)
     return handle
 

@@ -40,7 +40,8 @@ def unsupported_reason(model) -> str | None:
     layer = model.model.layers[0]
     kinds = {type(_module(layer, name)) for name in PROJECTIONS}
     if len(kinds) != 1 or not kinds <= {SmallBatchLinear, SmallBatchInt8Linear, SmallBatchInt4Linear}:
-        return "the fused decoder layer needs every projection on our small-batch kernel (float32, int8 or int4 weights)"
+        return ("the fused decoder layer needs every projection on our small-batch kernel "
+                "(float32, int8 or int4 weights)")
     if any(_module(layer, name).bias is not None for name in PROJECTIONS):
         return "the fused decoder layer has no projection biases"
     return None

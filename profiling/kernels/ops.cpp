@@ -1,6 +1,8 @@
 // Our C kernels as torch operators, called by torch's dispatcher without Python:
 //     llm_infer::small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor        (small_batch_linear.c)
 //     llm_infer::small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor
+//     llm_infer::small_batch_linear_panels(Tensor x, Tensor panels, Tensor? bias) -> Tensor
+//         float32 weights laid out in panels (n / W, k, W), W = panel_width() (small_batch_linear.c)
 //     llm_infer::small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor
 //         x (rows, k) float32; weight (n, k) float32 or int8; scales (n) float32; bias (n) float32; out (rows, n);
 //         int4: codes (n, k / 2) uint8, scales and lows (n, k / 32) float32 (small_batch_linear.c's layout)
@@ -29,6 +31,8 @@ void linear_int8(const float *x, const int8_t *w, const float *scale, const floa
                  long k);
 int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
                 float *y, long rows, long n, long k);
+int panel_width(void);
+void linear_f32_panels(const float *x, const float *panels, const float *bias, float *y, long rows, long n, long k);
 int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
                                const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
                                long num_blocks, long block_size, long max_blocks, float scale);
@@ -73,6 +77,25 @@ static at::Tensor small_batch_linear_int8(const at::Tensor &x, const at::Tensor 
     linear_int8(input.const_data_ptr<float>(), weight.const_data_ptr<int8_t>(), scales.const_data_ptr<float>(),
                 bias ? bias->const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), input.size(0),
                 weight.size(0), weight.size(1));
+    return out;
+}
+
+static at::Tensor small_batch_linear_panels(const at::Tensor &x, const at::Tensor &panels,
+                                           const std::optional<at::Tensor> &bias) {
+    TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "small_batch_linear_panels: x must be a (rows, k) "
+                "float32 matrix");
+    TORCH_CHECK(panels.dim() == 3 && panels.is_contiguous() && panels.scalar_type() == at::kFloat &&
+                panels.size(1) == x.size(1) && panels.size(2) == panel_width(),
+                "small_batch_linear_panels: panels must be contiguous (n / ", panel_width(), ", k, ", panel_width(),
+                ") float32");
+    const int64_t n = panels.size(0) * panels.size(2);
+    TORCH_CHECK(!bias || (bias->is_contiguous() && bias->scalar_type() == at::kFloat && bias->numel() == n),
+                "small_batch_linear_panels: bias must be n contiguous float32 values");
+    at::Tensor input = x.contiguous();
+    at::Tensor out = at::empty({input.size(0), n}, input.options());
+    linear_f32_panels(input.const_data_ptr<float>(), panels.const_data_ptr<float>(),
+                      bias ? bias->const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), input.size(0), n,
+                      input.size(1));
     return out;
 }
 
@@ -201,6 +224,7 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
 TORCH_LIBRARY(llm_infer, m) {
     m.def("small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+    m.def("small_batch_linear_panels(Tensor x, Tensor panels, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor");
     m.def("paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables, "
           "Tensor seq_lens, float scale) -> Tensor");
@@ -213,6 +237,7 @@ TORCH_LIBRARY_IMPL(llm_infer, CPU, m) {
     m.impl("small_batch_linear", &small_batch_linear);
     m.impl("small_batch_linear_int8", &small_batch_linear_int8);
     m.impl("small_batch_linear_int4", &small_batch_linear_int4);
+    m.impl("small_batch_linear_panels", &small_batch_linear_panels);
     m.impl("paged_decode_attention", &paged_decode_attention);
     m.impl("decoder_layer", &decoder_layer);
 }

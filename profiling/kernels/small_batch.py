@@ -1,19 +1,18 @@
-"""Small-batch linear layers for the CPU: our own C kernel (small_batch_linear.c) for 1 to MAX_ROWS rows.
+"""Small-batch linear layers for the CPU: our own C kernels (small_batch_linear.c) for 1 to MAX_ROWS rows.
 
 Why: a decode step at batch 1 to 4 reads every weight once and does ~2 flops per weight, so its linear layers
-should take the time to stream the weights from memory. Measured on a 2-core AVX-512 CPU (SmolLM2-135M's 211
-matrices, float32, one row): torch's F.linear 46-49 ms, oneDNN over weights packed once 30-34 ms, this kernel
-18-19 ms (28 GB/s); with int8 weights and float32 activations 6.3 ms at one row, 23 ms at 8, 57 ms at 16. Above
-MAX_ROWS rows oneDNN's GEMM does more flops per byte than these dot products, so the float32 layer hands larger
-inputs to it (prepack.py).
+should take the time to stream the weights from memory; at 5 to 32 rows they should run at the CPU's multiply-add
+peak. Measured on a 2-core AVX-512 CPU (SmolLM2-135M's 211 matrices, float32, one thread): oneDNN over weights
+packed once 54 ms at one row, 48 at 8, 67 at 16; our panel GEMM 31, 36 and 59 (equal at 32 rows, so oneDNN takes
+over above MAX_ROWS); with int8 weights and float32 activations (row dot products) ~5 ms at one row on two threads.
 
-    cpu_linears: small_batch     float32 linears: this kernel at <= MAX_ROWS rows, oneDNN packed above
+    cpu_linears: small_batch     float32 linears: the panel GEMM at <= MAX_ROWS rows, oneDNN packed above
 
 D5's levers also store the weights in int8 (a scale per output channel: SmallBatchInt8Linear) or in int4 (groups of
 32 with a scale and a low, llama.cpp's q4_1 layout: SmallBatchInt4Linear), activations kept in float32.
 
-The kernel is plain C (small_batch_linear.c), wrapped as the torch operators llm_infer::small_batch_linear and
-llm_infer::small_batch_linear_int8 by a few lines of C++ (ops.cpp): torch's dispatcher calls them without Python,
+The kernels are plain C (small_batch_linear.c), wrapped as the torch operators llm_infer::small_batch_linear,
+_panels, _int8 and _int4 by a few lines of C++ (ops.cpp): torch's dispatcher calls them without Python,
 the profiler records them by name with their shapes, and torch.compile calls them from a compiled graph. build.py
 compiles them once per machine and caches them. The kernel sums in another order than torch (vector lanes), so
 results equal F.linear's up to float rounding. Without a compiler, or when the build fails, `unavailable_reason()`
@@ -31,35 +30,60 @@ from ..prepack import available as prepack_available
 from ..prepack import pack_weight, packed_linear
 from ..quantize import Int8WeightOnlyLinear
 
-MAX_ROWS = 4  # float32 rows up to which the kernel runs: above, oneDNN is faster (D2's linear-shape curve shows both)
+MAX_ROWS = 32  # float32 rows up to which our kernels run (panels; above, oneDNN's GEMM over a packed weight)
+DOT_MAX_ROWS = 4  # without panels (out_features not a multiple of the panel width): the row dot products up to here
 INT8_MAX_ROWS = 16  # int8 rows up to which the kernel runs (its only rival with float32 activations is to
                     # de-quantise the weights per call, which pays only for a prompt's many rows)
 
 
-class SmallBatchLinear(nn.Module):
-    """A float32 nn.Linear on the CPU: the C kernel at <= MAX_ROWS rows, oneDNN over a packed weight above (F.linear
-    where oneDNN cannot pack). Same weight and bias tensors as the layer it replaces (a tied lm_head stays tied)."""
+def panel_layout(weight: torch.Tensor) -> torch.Tensor | None:
+    """The float32 weight (n, k) laid out in panels for the panel GEMM: (n / W, k, W), W = the kernel's panel width
+    (32 with AVX-512, 16 otherwise); None when n is not a multiple of W. A copy: the weight itself is kept."""
+    width = library().panel_width()
+    out_features, in_features = weight.shape
+    if out_features % width:
+        return None
+    return weight.detach().t().contiguous().view(in_features, out_features // width, width).transpose(0, 1).contiguous()
 
-    def __init__(self, linear: nn.Linear):
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, panels: torch.Tensor | None = None,
+           packed: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ weight.T (+ bias) for float32 x (rows, k) by the fastest of our kernels for its row count: the panel
+    GEMM up to MAX_ROWS rows (given `panels`), else the row dot products up to DOT_MAX_ROWS; above, oneDNN over
+    `packed` (prepack.pack_weight), else F.linear."""
+    rows = x.shape[0]
+    if x.dtype == torch.float32 and panels is not None and rows <= MAX_ROWS:
+        return torch.ops.llm_infer.small_batch_linear_panels(x, panels, bias)
+    if x.dtype == torch.float32 and rows <= DOT_MAX_ROWS:
+        return torch.ops.llm_infer.small_batch_linear(x, weight, bias)
+    if packed is not None:
+        return packed_linear(x, packed, bias)
+    return F.linear(x, weight, bias)
+
+
+class SmallBatchLinear(nn.Module):
+    """A float32 nn.Linear on the CPU by `linear` above: its weight also laid out in panels (when the shape allows)
+    and packed for oneDNN (where oneDNN packs), both made once here. Same weight and bias tensors as the layer it
+    replaces (a tied lm_head stays tied; byte counts read the original)."""
+
+    def __init__(self, linear_layer: nn.Linear):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self._packed = pack_weight(linear.weight) if prepack_available(torch.float32) else None
-        library()
+        self.in_features, self.out_features = linear_layer.in_features, linear_layer.out_features
+        self.weight = linear_layer.weight
+        self.bias = linear_layer.bias
+        self._panels = panel_layout(linear_layer.weight)
+        self._packed = pack_weight(linear_layer.weight) if prepack_available(torch.float32) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > MAX_ROWS or x.dtype != torch.float32:
-            if self._packed is not None:
-                return packed_linear(x, self._packed, self.bias)
-            return F.linear(x, self.weight, self.bias)
-        out = torch.ops.llm_infer.small_batch_linear(flat, self.weight, self.bias)
+        out = linear(flat, self.weight, self.bias, self._panels, self._packed)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
+        kernel = f"panel GEMM at <= {MAX_ROWS} rows" if self._panels is not None else \
+            f"dot products at <= {DOT_MAX_ROWS} rows"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
-               f"small-batch kernel at <= {MAX_ROWS} rows"
+               f"small-batch kernels: {kernel}"
 
 
 class SmallBatchInt8Linear(Int8WeightOnlyLinear):

@@ -1,5 +1,6 @@
 /* Small-batch linear layers for the CPU: y = x @ w.T (+ bias) for a few rows of x, written to read each weight
- * row from memory once.
+ * from memory once: dot products over weight rows (float32, int8 and int4 weights), and, for float32 weights laid out
+ * in panels, a small GEMM (below).
  *
  * At 1 to 4 rows a linear layer does ~2 flops per weight it reads: its time is the time to stream the weights
  * from memory. Each output j is one dot product over weight row j, a contiguous run of `in_features` values; the
@@ -55,6 +56,7 @@ DOT_BLOCK(int8_t, dot_block_int8)
 #define VINT8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VSET(v) _mm512_set1_ps(v)
+#define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VSUM(a) _mm512_reduce_add_ps(a)
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -66,6 +68,7 @@ DOT_BLOCK(int8_t, dot_block_int8)
 #define VINT8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VSET(v) _mm256_set1_ps(v)
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VADD(a, b) _mm256_add_ps(a, b)
 static inline float VSUM(__m256 a) {
     __m128 half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -121,6 +124,84 @@ void linear_int8(const float *x, const int8_t *w, const float *scale, const floa
             for (int u = 0; u < ROW_BLOCK; u++) y[(i + u) * n + j] = out[u] * s + b;
         }
         for (; i < rows; i++) y[i * n + j] = dot_row_int8(x + i * k, k, wj) * s + b;
+    }
+}
+
+/* ---- float32 weights in panels -------------------------------------------------------------------------------
+ * At 5 to 64 rows the dot products above read each weight row from the cache once per block of 4 rows and sum
+ * across vector lanes at the end of each; a GEMM's own layout does better. The weights are laid out once in
+ * panels of PANEL_WIDTH output features, (n / PANEL_WIDTH, k, PANEL_WIDTH): panel p holds w[p * W .. p * W + W - 1,
+ * :] transposed, its row t the W weights that multiply x[:, t]. A block of up to PANEL_ROWS rows of x runs down a
+ * panel: per input feature, two vector loads of weights, one broadcast of each row's x[t] and two multiply-adds per
+ * row into 2 x PANEL_ROWS vector registers (12 of AVX-512's 32, of AVX2's 16), stored once at the end: no sums
+ * across lanes, and the panel (k x W floats, 72-196 KB here) stays in the L2 cache for the next block of rows. */
+#define PANEL_ROWS 6
+#ifdef LANES
+#define PANEL_WIDTH (2 * LANES)
+#define PANEL_BLOCK(ROWS)                                                                              \
+static inline void panel_block_##ROWS(const float *x, long k, const float *panel, float *y, long n) {  \
+    VEC a[ROWS][2];                                                                                     \
+    for (int r = 0; r < ROWS; r++)                                                                      \
+        a[r][0] = a[r][1] = VZERO();                                                                    \
+    for (long t = 0; t < k; t++) {                                                                      \
+        const VEC w0 = VLOAD(panel + t * PANEL_WIDTH), w1 = VLOAD(panel + t * PANEL_WIDTH + LANES);     \
+        for (int r = 0; r < ROWS; r++) {                                                                \
+            const VEC xv = VSET(x[r * k + t]);                                                          \
+            a[r][0] = VFMA(xv, w0, a[r][0]);                                                            \
+            a[r][1] = VFMA(xv, w1, a[r][1]);                                                            \
+        }                                                                                               \
+    }                                                                                                   \
+    for (int r = 0; r < ROWS; r++) {                                                                    \
+        VSTORE(y + r * n, a[r][0]);                                                                     \
+        VSTORE(y + r * n + LANES, a[r][1]);                                                             \
+    }                                                                                                   \
+}
+#else
+#define PANEL_WIDTH 16
+#define PANEL_BLOCK(ROWS)                                                                              \
+static inline void panel_block_##ROWS(const float *x, long k, const float *panel, float *y, long n) {  \
+    float a[ROWS][PANEL_WIDTH] = {{0.0f}};                                                              \
+    for (long t = 0; t < k; t++)                                                                        \
+        for (int r = 0; r < ROWS; r++)                                                                  \
+            for (int c = 0; c < PANEL_WIDTH; c++)                                                       \
+                a[r][c] += x[r * k + t] * panel[t * PANEL_WIDTH + c];                                   \
+    for (int r = 0; r < ROWS; r++)                                                                      \
+        for (int c = 0; c < PANEL_WIDTH; c++)                                                           \
+            y[r * n + c] = a[r][c];                                                                     \
+}
+#endif
+PANEL_BLOCK(1)
+PANEL_BLOCK(2)
+PANEL_BLOCK(3)
+PANEL_BLOCK(4)
+PANEL_BLOCK(5)
+PANEL_BLOCK(6)
+
+/* output features per panel: the layout's W (small_batch.py packs the weights with it) */
+int panel_width(void) { return PANEL_WIDTH; }
+
+/* y = x @ w.T (+ bias), w in panels as above (n a multiple of PANEL_WIDTH); panels split between the threads */
+void linear_f32_panels(const float *x, const float *panels, const float *bias, float *y, long rows, long n, long k) {
+    #pragma omp parallel for schedule(static)
+    for (long p = 0; p < n / PANEL_WIDTH; p++) {
+        const float *panel = panels + p * k * PANEL_WIDTH;
+        for (long i = 0; i < rows; i += PANEL_ROWS) {
+            const float *xi = x + i * k;
+            float *yi = y + i * n + p * PANEL_WIDTH;
+            const long block = rows - i < PANEL_ROWS ? rows - i : PANEL_ROWS;
+            switch (block) {
+                case 1: panel_block_1(xi, k, panel, yi, n); break;
+                case 2: panel_block_2(xi, k, panel, yi, n); break;
+                case 3: panel_block_3(xi, k, panel, yi, n); break;
+                case 4: panel_block_4(xi, k, panel, yi, n); break;
+                case 5: panel_block_5(xi, k, panel, yi, n); break;
+                default: panel_block_6(xi, k, panel, yi, n); break;
+            }
+            if (bias)
+                for (long r = 0; r < block; r++)
+                    for (long c = 0; c < PANEL_WIDTH; c++)
+                        yi[r * n + c] += bias[p * PANEL_WIDTH + c];
+        }
     }
 }
 

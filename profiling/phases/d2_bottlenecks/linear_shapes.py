@@ -7,8 +7,9 @@ by each configured kernel:
     prepacked  the engine's CPU path (prepack.py's PrepackedLinear): each weight reordered once for oneDNN
                (`mkldnn._reorder_linear_weight`, not timed), then `mkldnn._linear_pointwise(x, packed)` per matrix;
                only on a CPU where prepack.available(dtype): float32, and bfloat16 where the CPU packs it
-    small_batch  our C kernel (kernels/small_batch.py: one pass over each weight row) at every M, though
-               `cpu_linears: small_batch` uses it only up to its MAX_ROWS; float32 on a CPU where it builds
+    small_batch  our C kernels as `cpu_linears: small_batch` runs them (kernels/small_batch.py's `linear`: the panel
+               GEMM over weights laid out once, up to its MAX_ROWS; oneDNN packed above); float32 on a CPU where
+               they build
 
 One pass = one product per matrix, in model order, on an input of M rows; it reads every weight once, as a decode
 step at batch M does. Per dtype the weights are made once: the model's own tensors when they already have that
@@ -66,10 +67,13 @@ def kernels_for(wanted: list[str], device: str, dtype: torch.dtype) -> list[str]
 
 
 def matrices_for(weights: list[torch.Tensor], kernel: str) -> list[tuple]:
-    """(matrix, input width) per weight as `kernel` takes it: the weight itself (aten) or its oneDNN packing, made
-    once here (prepacked, as PrepackedLinear does at load)."""
+    """(matrix, input width) per weight as `kernel` takes it: the weight itself (aten), its oneDNN packing (prepacked,
+    as PrepackedLinear does at load) or the weight and its panels (small_batch, as SmallBatchLinear does), made once
+    here."""
     if kernel == "prepacked":
         return [(pack_weight(w), w.shape[1]) for w in weights]
+    if kernel == "small_batch":
+        return [((w, small_batch.panel_layout(w)), w.shape[1]) for w in weights]
     return [(w, w.shape[1]) for w in weights]
 
 
@@ -81,8 +85,9 @@ def prepacked_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     return packed_linear(x, packed)
 
 
-def small_batch_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.llm_infer.small_batch_linear(x, weight, None)
+def small_batch_product(x: torch.Tensor, weight_and_panels: tuple) -> torch.Tensor:
+    weight, panels = weight_and_panels
+    return small_batch.linear(x, weight, panels=panels)
 
 
 PRODUCTS = {"aten": aten_product, "prepacked": prepacked_product, "small_batch": small_batch_product}

@@ -37,10 +37,10 @@ CATEGORIES = ["linear", "attention", "norm", "activation", "rotary", "embedding"
               "kv_cache", "other"]
 CATEGORY_LABELS = {"kv_cache": "KV concatenation/copy"}
 
-# mkldnn::_linear_pointwise: prepack.py; llm_infer::small_batch_linear(_int8, _int4): our C kernel
+# mkldnn::_linear_pointwise: prepack.py; llm_infer::small_batch_linear(_panels, _int8, _int4): our C kernels
 # (kernels/small_batch.py)
 LINEAR_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm", "_linear_pointwise", "small_batch_linear",
-              "small_batch_linear_int8", "small_batch_linear_int4"}
+              "small_batch_linear_int8", "small_batch_linear_int4", "small_batch_linear_panels"}
 ATTENTION_OPS = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                  "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward",
@@ -80,6 +80,9 @@ def categorize(name: str, input_dims, shapes: Shapes) -> str:
         return "embedding"
     if op in ATTENTION_OPS:
         return "attention"
+    if op == "small_batch_linear_panels":  # the weight in panels (n / W, k, W)
+        panels = [t for t in tensors if len(t) == 3]
+        return "lm_head" if panels and panels[0][0] * panels[0][2] == V else "linear"
     if op in LINEAR_OPS:
         weights = [t for t in tensors if len(t) == 2]
         if any(V in t and H in t for t in weights):

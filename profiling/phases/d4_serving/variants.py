@@ -5,7 +5,7 @@ One run = one server (ours with its switches, or vLLM's) under one workload. Our
     kv_cache        slab | paged
     max_step_tokens 0 (prompts run whole, in steps of their own) or the step's token budget (chunked prefill)
     prefix_cache    on | off
-    linears         "" (the run's cpu_linears), small_batch (our C kernel at 1-4 rows, oneDNN above), prepacked
+    linears         "" (the run's cpu_linears), small_batch (our C kernel at 1-32 rows, oneDNN above), prepacked
                     (oneDNN, weights packed once) or aten (torch's F.linear)
     lever           "" or the engine lever from D5 that applies to batches (e.g. dtype bfloat16)
 Workloads: "random" (random prompts of prompt_tokens, at a rate), "prefix" (one shared system prompt + a short

@@ -85,6 +85,7 @@ LINEAR_INPUTS = {
     "aten::_weight_int8pack_mm": (0, 1, 0),
     "llm_infer::small_batch_linear": (0, 1, 0), "llm_infer::small_batch_linear_int8": (0, 1, 0),
     "llm_infer::small_batch_linear_int4": (0, 1, 0),
+    "llm_infer::small_batch_linear_panels": (0, 1, 0),  # panels (n / W, k, W): weight_shape multiplies n / W by W
     "aten::_weight_int4pack_mm_for_cpu": (0, 1, 0), "quantized::int4mm_packed_weight_cpu": (0, 1, 0),
     "quantized::linear_dynamic": (0, None, None),
     FUSED_LAYER: (0, None, None),  # seven weights in a list: fused_layer_bytes
@@ -146,6 +147,8 @@ def weight_shape(op: dict) -> tuple[int, int] | None:
     activation, weight = dims[layout[0]], dims[layout[1]]
     if not activation or not weight:
         return None
+    if op["name"] == "llm_infer::small_batch_linear_panels" and len(weight) == 3:
+        return int(weight[0]) * int(weight[2]), int(activation[-1])
     return int(weight[layout[2]]), int(activation[-1])
 
 

@@ -14,8 +14,8 @@ physical cores. A variant changes one or more levers (a `Spec`):
                                 q4_1 layout at 32), activations in `dtype` (aten._weight_int4pack_mm_for_cpu); CPU
     group_size 32                                   int4 only: input channels per scale and zero
     linears   aten | prepacked | small_batch        float linears by F.linear, packed once for oneDNN
-                                                    (profiling/prepack.py; CPU only), or our C kernel at 1 to
-                                                    4 rows (profiling/kernels/small_batch.py; CPU only): with
+                                                    (profiling/prepack.py; CPU only), or our C kernels at 1
+                                                    to 32 rows (profiling/kernels/small_batch.py; CPU only): with
                                                     int8_weight_only, int8 weights and float32 activations; with
                                                     int4_weight_only, groups of 32 with float32 scales and lows
                                                     (0.75 byte per weight), float32 activations
@@ -95,8 +95,8 @@ CATALOG: dict[str, Spec] = {
     "int4wo_bf16_sdpa": Spec(attn="sdpa", dtype="bfloat16", quant="int4_weight_only"),
     "int4wo_bf16_sdpa_static_compile": Spec(attn="sdpa", dtype="bfloat16", quant="int4_weight_only",
                                             cache="static", compile="default"),
-    # our own C kernel at 1-4 rows (one pass over each weight row; oneDNN packed above): float32 weights, or int8
-    # weights with float32 activations (the path where torch's int8 kernel is slow)
+    # our own C kernels at 1-32 rows (a panel GEMM; oneDNN packed above): float32 weights, or int8 ones by row dot
+    # products with float32 activations (the path where torch's int8 kernel is slow)
     "small_batch_sdpa": Spec(attn="sdpa", linears="small_batch"),
     "int8wo_small_batch_sdpa": Spec(attn="sdpa", quant="int8_weight_only", linears="small_batch"),
     "small_batch_sdpa_static_compile": Spec(attn="sdpa", linears="small_batch", cache="static", compile="default"),

@@ -18,7 +18,7 @@ HELP = {
     "threads": "torch threads: auto (one per physical core) or N",
     "quantize": "linear layers: " + " | ".join(QUANTIZE) + " (int8_dynamic: CPU only, approximate; "
                 "int8_weight_only: fast with --dtype bfloat16, slow with float32 activations on a CPU)",
-    "linears": "CPU linear layers: small_batch (float32: our C kernel at 1-4 rows, prepacked above; prepacked "
+    "linears": "CPU linear layers: small_batch (float32: our C kernel at 1-32 rows, prepacked above; prepacked "
                "without a C compiler) | prepacked (oneDNN, weights packed once at start: fast at any batch) | aten "
                "(torch's F.linear)",
     "host": "address to listen on",

@@ -44,7 +44,7 @@ class ServerSettings:
     dtype: str = "auto"               # auto | float32 | bfloat16 | float16
     threads: str | int = "auto"       # torch threads: auto = one per physical core
     quantize: str = "none"            # none | int8_dynamic | int8_weight_only (linear layers; see quantize.py)
-    linears: str = "small_batch"      # CPU: small_batch (float32: our C kernel at 1-4 rows, prepacked above;
+    linears: str = "small_batch"      # CPU: small_batch (float32: our C kernel at 1-32 rows, prepacked above;
                                       # prepacked without a C compiler) | prepacked (oneDNN, weights packed at
                                       # start) | aten (F.linear)
     host: str = "127.0.0.1"
