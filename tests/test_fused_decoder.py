@@ -54,8 +54,8 @@ def test_one_layer_call_equals_transformers_layer(tiny_inputs):  # noqa: F811
         hidden = new[:, 0].clone()
         input_norm, post_norm, weights, scales, lows = fused.layers[0]
         torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, lows, key_cache,
-                                          value_cache, rotary[0][:, 5].contiguous(), rotary[1][:, 5].contiguous(),
-                                          torch.tensor([5]), fused.eps)
+                                          value_cache, torch.tensor([[0]]), rotary[0][:, 5].contiguous(),
+                                          rotary[1][:, 5].contiguous(), torch.tensor([5]), fused.eps)
     torch.testing.assert_close(hidden, expected[:, 0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(key_cache[0, 5], keys[0, :, 5], rtol=1e-4, atol=1e-5)  # the new key, rotated
     torch.testing.assert_close(value_cache[0, 5], values[0, :, 5], rtol=1e-4, atol=1e-5)
@@ -68,11 +68,15 @@ def test_a_full_cache_and_a_wrong_weight_are_refused_by_name(tiny_inputs):  # no
     heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
     key_cache = torch.zeros(1, 4, heads, head_dim)
     args = (torch.randn(1, config.hidden_size), input_norm, post_norm, weights, scales, lows, key_cache,
-            torch.zeros_like(key_cache), torch.ones(1, head_dim), torch.zeros(1, head_dim))
-    with pytest.raises(RuntimeError, match=r"a row's cache is full: every lens value must be below max_len \(4\)"):
+            torch.zeros_like(key_cache), torch.tensor([[0]]), torch.ones(1, head_dim), torch.zeros(1, head_dim))
+    with pytest.raises(RuntimeError, match=r"a row's cache is full: every lens value must be below max_blocks x "
+                                           r"block_size \(4\)"):
         torch.ops.llm_infer.decoder_layer(*args, torch.tensor([4]), fused.eps)
-    swapped = [*weights[:3], weights[3].t(), *weights[4:]]  # o's weight as a strided view
-    with pytest.raises(RuntimeError, match=r"weight 3 must be a contiguous \(64, 64\) matrix of Float"):
+    with pytest.raises(RuntimeError, match=r"a block table names a block outside the pool \(0 \.\. 0\)"):
+        torch.ops.llm_infer.decoder_layer(*args[:8], torch.tensor([[1]]), *args[9:], torch.tensor([0]), fused.eps)
+    assert weights[3].dim() == 3  # float32 weights go in the panel GEMM's layout
+    swapped = [*weights[:3], weights[3].transpose(1, 2), *weights[4:]]  # o's panels as a strided view
+    with pytest.raises(RuntimeError, match=r"weight 3 must be contiguous float32 panels \(64 / \d+, 64, \d+\)"):
         torch.ops.llm_infer.decoder_layer(args[0], input_norm, post_norm, swapped, scales, lows, *args[6:],
                                           torch.tensor([0]), fused.eps)
 

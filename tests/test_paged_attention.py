@@ -77,3 +77,23 @@ def test_the_runner_uses_the_kernel_for_float32_on_a_cpu_and_says_why_not_otherw
                        "sdpa").paged_attention == "sdpa"
     half = PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.bfloat16, "cpu"))
     assert half.paged_attention == "sdpa" and "float32" in half.kernel_note
+
+
+def test_the_runner_fuses_decode_steps_only_over_our_kernels_and_says_why_not_otherwise():
+    from profiling.kernels.small_batch import use_small_batch_kernels
+    from profiling.model import build_tiny_model
+    from profiling.serving.engine.paged_runner import fused_decoder_runs
+
+    model = build_tiny_model(seed=0)[0]  # nn.Linear layers: the fused layer needs our small-batch ones
+    plain = PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.float32, "cpu"))
+    assert plain.decoder == "hf" and "small-batch kernel" in plain.decoder_note
+    use_small_batch_kernels(model)
+    assert PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.float32, "cpu")).decoder == "fused"
+    asked_hf = PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.float32, "cpu"), decoder="hf")
+    assert asked_hf.decoder == "hf" and asked_hf.decoder_note is None
+    over_sdpa = PagedRunner(model, PagedKVPool(model.config, 8, 4, torch.float32, "cpu"), "sdpa")
+    assert over_sdpa.decoder == "hf" and "paged attention kernel" in over_sdpa.decoder_note
+    # what D4's notes record for its servers, without a model
+    assert fused_decoder_runs("fused", "kernel", "small_batch") == "fused"
+    assert {fused_decoder_runs("fused", "sdpa", "small_batch"), fused_decoder_runs("fused", "kernel", "prepacked"),
+            fused_decoder_runs("hf", "kernel", "small_batch")} == {"hf"}

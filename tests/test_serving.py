@@ -242,6 +242,10 @@ KV_SETUPS = {
     "chunked_sdpa": {"kv_cache": "paged", "max_step_tokens": 8, "prefix_cache": "off",  # decodes by SDPA, not
                      "paged_attention": "sdpa"},                                        # our kernel
     "preempting": {"kv_cache": "paged", "kv_block_size": 4, "kv_blocks": 48, "max_step_tokens": 16},  # too few
+    # our small-batch linears: steps of decodes alone run the fused C decoder layer over the pool
+    "chunked_fused": {"kv_cache": "paged", "max_step_tokens": 8, "prefix_cache": "off", "linears": "small_batch"},
+    "preempting_fused": {"kv_cache": "paged", "kv_block_size": 4, "kv_blocks": 48, "max_step_tokens": 16,
+                         "linears": "small_batch"},
 }
 
 
@@ -255,7 +259,10 @@ def assert_blocks_all_free(server) -> None:
 
 @pytest.mark.parametrize("setup", list(KV_SETUPS))
 def test_continuous_batching_equals_alone_token_for_token(start, tiny_model, setup):
-    server = start(policy="continuous", max_batch=4, linears="prepacked", **KV_SETUPS[setup])
+    server = start(policy="continuous", max_batch=4, **{"linears": "prepacked", **KV_SETUPS[setup]})
+    if setup != "slab":  # which decode path the steps of decodes alone took
+        fused = KV_SETUPS[setup].get("linears") == "small_batch"
+        assert server.service.worker.runner.decoder == ("fused" if fused else "hf")
     lengths = [40, 25, 150, 10, 35, 90]  # 150 and 90 outgrow the spare KV columns (kv_slab.py)
     bodies = [{"prompt": prompt, "max_tokens": n, "ignore_eos": True, "return_token_ids": True}
               for prompt, n in zip(PROMPTS, lengths)]
@@ -273,7 +280,7 @@ def test_continuous_batching_equals_alone_token_for_token(start, tiny_model, set
     if setup.startswith("chunked"):
         assert (steps.prompt_tokens_in > 0).sum() > len(PROMPTS)  # some prompt took more than one step
     assert len(joined) > 0, "no request joined a running batch"
-    if setup == "preempting":
+    if setup.startswith("preempting"):
         assert samples[("llm_preemptions_total", ())] > 0
         events = spans_module.load_spans(server.settings.spans_out)
         assert any(e.get("event") == "preempted" for e in events)

@@ -10,14 +10,16 @@
  * compiled graph's wrapper, each costs a few microseconds of host time, 40% of a compiled int8 step here. In one call
  * per layer the step is the weights' streaming time plus 30 calls. The arithmetic is the model's (transformers'
  * LlamaDecoderLayer, float32): the same formulas, summed in another order (vector lanes), so results equal it up to
- * float rounding. The projections are small_batch_linear.c's kernels (float32 or int8 weights), the attention
- * paged_attention.c's kernel over a contiguous cache (one block per row).
+ * float rounding. The projections are small_batch_linear.c's kernels (float32 weights in rows or panels, int8, int4),
+ * the attention paged_attention.c's kernel, reading and writing a paged KV pool through block tables (a contiguous
+ * cache is a pool of one block per row).
  *
  * Layouts (row-major, contiguous, float32 unless said): h (rows, hidden), updated in place; weights (out, in) float32,
  * int8 with one float32 scale per output (scales != NULL), or int4 codes (out, in / 2) with a scale and a low per
- * group of 32 inputs (lows != NULL; small_batch_linear.c's layout); caches (rows, max_len, kv_heads, head_dim); cos and
- * sin (rows, head_dim), the rotary factors of each row's position; lens (rows) int64, keys a row holds before
- * this token (its new key goes to slot lens[r]).
+ * group of 32 inputs (lows != NULL; small_batch_linear.c's layout), or float32 panels (n / W, in, W); the key and
+ * value pools (num_blocks, block_size, kv_heads, head_dim), tables (rows, max_blocks) int64 the block ids of each
+ * row in token order (paged_attention.c's layout); cos and sin (rows, head_dim), the rotary factors of each row's
+ * position; lens (rows) int64, keys a row holds before this token (its new key goes to position lens[r]).
  */
 #include <math.h>
 #include <stdint.h>
@@ -29,6 +31,7 @@ void linear_int8(const float *x, const int8_t *w, const float *scale, const floa
                  long k);
 int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
                 float *y, long rows, long n, long k);
+void linear_f32_panels(const float *x, const float *panels, const float *bias, float *y, long rows, long n, long k);
 int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
                                const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
                                long num_blocks, long block_size, long max_blocks, float scale);
@@ -39,6 +42,7 @@ typedef struct {
     const void *weights[7];
     const float *scales[7];
     const float *lows[7];
+    int panels; /* float32 weights laid out in panels (small_batch_linear.c's panel GEMM), not in rows */
 } projections;
 
 /* y = x @ w_i.T; 0, or -1 when the int4 kernel's scratch memory could not be allocated */
@@ -47,6 +51,8 @@ static int project(const projections *p, int i, const float *x, float *y, long r
         return linear_int4(x, (const uint8_t *)p->weights[i], p->scales[i], p->lows[i], NULL, y, rows, n, k);
     if (p->scales[i])
         linear_int8(x, (const int8_t *)p->weights[i], p->scales[i], NULL, y, rows, n, k);
+    else if (p->panels)
+        linear_f32_panels(x, (const float *)p->weights[i], NULL, y, rows, n, k);
     else
         linear_f32(x, (const float *)p->weights[i], NULL, y, rows, n, k);
     return 0;
@@ -80,39 +86,45 @@ static void rotary(float *x, const float *cos, const float *sin, long rows, long
         }
 }
 
-/* Returns 0; -1 when scratch memory could not be allocated, -2 when a row's cache is full (lens[r] >= max_len). */
+/* Returns 0; -1 when scratch memory could not be allocated, -2 when a row's new token falls past its block table
+ * (lens[r] >= max_blocks * block_size), -3 when a block id it reads or writes is outside the pool. */
 int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm, const projections *p,
-                      float *key_cache, float *value_cache, const float *cos, const float *sin, const int64_t *lens,
-                      long rows, long hidden, long heads, long kv_heads, long head_dim, long intermediate,
-                      long max_len, float eps) {
-    for (long r = 0; r < rows; r++)
-        if (lens[r] < 0 || lens[r] >= max_len)
+                      float *key_pool, float *value_pool, const int64_t *tables, const float *cos, const float *sin,
+                      const int64_t *lens, long rows, long hidden, long heads, long kv_heads, long head_dim,
+                      long intermediate, long num_blocks, long block_size, long max_blocks, float eps) {
+    for (long r = 0; r < rows; r++) {
+        if (lens[r] < 0 || lens[r] >= max_blocks * block_size)
             return -2;
+        const int64_t block = tables[r * max_blocks + lens[r] / block_size];
+        if (block < 0 || block >= num_blocks)
+            return -3;
+    }
     const long q_width = heads * head_dim, kv_width = kv_heads * head_dim;
     float *scratch = malloc(sizeof(float) * (size_t)(rows * (hidden + 2 * q_width + 2 * kv_width + 2 * intermediate)));
-    int64_t *tables = malloc(sizeof(int64_t) * (size_t)rows * 2);
-    if (scratch == NULL || tables == NULL) {
+    int64_t *new_lens = malloc(sizeof(int64_t) * (size_t)rows);
+    if (scratch == NULL || new_lens == NULL) {
         free(scratch);
-        free(tables);
+        free(new_lens);
         return -1;
     }
     float *x = scratch, *q = x + rows * hidden, *attn = q + rows * q_width, *k = attn + rows * q_width,
           *v = k + rows * kv_width, *gate = v + rows * kv_width, *up = gate + rows * intermediate;
-    int64_t *new_lens = tables + rows;
 
     rmsnorm(h, input_norm, x, rows, hidden, eps);
     int failed = project(p, 0, x, q, rows, q_width, hidden) | project(p, 1, x, k, rows, kv_width, hidden) |
                  project(p, 2, x, v, rows, kv_width, hidden);
     rotary(q, cos, sin, rows, heads, head_dim);
     rotary(k, cos, sin, rows, kv_heads, head_dim);
-    for (long r = 0; r < rows; r++) { /* the new key and value at the row's next slot; row r's cache is block r */
-        memcpy(key_cache + (r * max_len + lens[r]) * kv_width, k + r * kv_width, sizeof(float) * (size_t)kv_width);
-        memcpy(value_cache + (r * max_len + lens[r]) * kv_width, v + r * kv_width, sizeof(float) * (size_t)kv_width);
-        tables[r] = r;
+    for (long r = 0; r < rows; r++) { /* the new key and value at the row's next slot */
+        const long slot = (long)tables[r * max_blocks + lens[r] / block_size] * block_size + lens[r] % block_size;
+        memcpy(key_pool + slot * kv_width, k + r * kv_width, sizeof(float) * (size_t)kv_width);
+        memcpy(value_pool + slot * kv_width, v + r * kv_width, sizeof(float) * (size_t)kv_width);
         new_lens[r] = lens[r] + 1;
     }
-    failed |= paged_decode_attention_f32(q, key_cache, value_cache, tables, new_lens, attn, rows, heads, kv_heads,
-                                         head_dim, rows, max_len, 1, 1.0f / sqrtf((float)head_dim));
+    const int attended = paged_decode_attention_f32(q, key_pool, value_pool, tables, new_lens, attn, rows, heads,
+                                                    kv_heads, head_dim, num_blocks, block_size, max_blocks,
+                                                    1.0f / sqrtf((float)head_dim));
+    failed = attended ? attended : failed;
     if (failed == 0) {
         failed |= project(p, 3, attn, x, rows, hidden, q_width);
         for (long i = 0; i < rows * hidden; i++)
@@ -126,6 +138,6 @@ int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm,
             h[i] += x[i];
     }
     free(scratch);
-    free(tables);
+    free(new_lens);
     return failed;
 }

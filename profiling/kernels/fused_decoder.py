@@ -1,8 +1,8 @@
 """Greedy generation whose decode steps run each decoder layer as one C call (decoder_layer.c).
 
 The prefill runs the model's own forward (transformers, eagerly), then its KV cache is copied into one contiguous
-cache per layer, (batch, length, kv_heads, head_dim), each row's real tokens first (left padding dropped). A decode
-step is then:
+cache per layer, (batch, length, kv_heads, head_dim), each row's real tokens first (left padding dropped): a KV pool
+of one block per row. A decode step (`step`, which the server's paged runner also calls over its own pool) is then:
 
     h = embedding[token]                        one row per sequence
     cos, sin = the model's rotary embedding at each row's position
@@ -63,6 +63,8 @@ class FusedDecoder:
             linears = [_module(layer, name) for name in PROJECTIONS]
             kind = type(linears[0])
             weights = [linear.codes if kind is SmallBatchInt4Linear else linear.weight for linear in linears]
+            if kind is SmallBatchLinear and all(linear._panels is not None for linear in linears):
+                weights = [linear._panels for linear in linears]  # float32: the panel GEMM's layout
             scales = [linear.scales for linear in linears] if kind is not SmallBatchLinear else []
             lows = [linear.lows for linear in linears] if kind is SmallBatchInt4Linear else []
             self.layers.append((layer.input_layernorm.weight, layer.post_attention_layernorm.weight, weights, scales,
@@ -79,7 +81,7 @@ class FusedDecoder:
                          cache=cache, use_cache=True, logits_to_keep=1)
         lens = attention_mask.long().sum(-1)
         batch, length = input_ids.shape
-        caches = []
+        keys_out, values_out = [], []
         for layer in cache.layers:
             keys, values = layer.keys, layer.values  # (batch, kv_heads, prompt, head_dim)
             shape = (batch, length + room, keys.shape[1], keys.shape[3])
@@ -88,19 +90,23 @@ class FusedDecoder:
                 real = attention_mask[row].bool()
                 key_cache[row, :lens[row]] = keys[row, :, real].transpose(0, 1)
                 value_cache[row, :lens[row]] = values[row, :, real].transpose(0, 1)
-            caches.append((key_cache, value_cache))
-        return out.logits[:, -1, :], caches, lens, positions[:, -1]
+            keys_out.append(key_cache)
+            values_out.append(value_cache)
+        return out.logits[:, -1, :], keys_out, values_out, lens, positions[:, -1]
 
-    def step(self, token_ids: torch.Tensor, positions: torch.Tensor, caches, lens: torch.Tensor) -> torch.Tensor:
-        """One decode step: token_ids and positions (batch,) int64, lens (batch,) the keys each row holds; the
-        last-position logits (batch, vocab). The caches gain one token per row (the caller then adds 1 to lens)."""
+    def step(self, token_ids: torch.Tensor, positions: torch.Tensor, keys: list, values: list, tables: torch.Tensor,
+             lens: torch.Tensor) -> torch.Tensor:
+        """One decode step: token_ids and positions (batch,) int64; keys and values: per layer, a KV pool
+        (num_blocks, block_size, kv_heads, head_dim) (a contiguous cache is a pool with one block per row); tables
+        (batch, max_blocks) int64 each row's blocks; lens (batch,) the keys each row holds. The last-position logits
+        (batch, vocab); the pools gain one token per row (the caller then adds 1 to lens)."""
         model = self.model.model
         hidden = model.embed_tokens(token_ids).contiguous()
         cos, sin = model.rotary_emb(hidden, positions[:, None])
         cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
-        for (input_norm, post_norm, weights, scales, lows), (key_cache, value_cache) in zip(self.layers, caches):
-            torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, lows, key_cache,
-                                              value_cache, cos, sin, lens, self.eps)
+        for (input_norm, post_norm, weights, scales, lows), key_pool, value_pool in zip(self.layers, keys, values):
+            torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, lows, key_pool,
+                                              value_pool, tables, cos, sin, lens, self.eps)
         return self.model.lm_head(model.norm(hidden))
 
     @torch.inference_mode()
@@ -112,14 +118,15 @@ class FusedDecoder:
         room = max(max_new_tokens, cache_new_tokens)
         tokens, first_logits = [], None
         with clock.span("prefill"):
-            logits, caches, lens, last = self._prefill(input_ids, attention_mask, room)
+            logits, keys, values, lens, last = self._prefill(input_ids, attention_mask, room)
             next_ids = logits.float().argmax(dim=-1)
             tokens.append(next_ids.cpu())
         if keep_first_logits:
             first_logits = logits.float().cpu()
+        tables = torch.arange(input_ids.shape[0])[:, None]  # row r's cache is block r of its layer's pool
         for step in range(1, max_new_tokens):
             with clock.span(f"decode_step[{step}]"):
-                logits = self.step(next_ids, last + step, caches, lens)
+                logits = self.step(next_ids, last + step, keys, values, tables, lens)
                 lens += 1
                 next_ids = logits.float().argmax(dim=-1)
                 tokens.append(next_ids.cpu())

@@ -11,12 +11,14 @@
 //         query (rows, heads, head_dim) float32; pools (blocks, block_size, kv_heads, head_dim) float32;
 //         block_tables (rows, max_blocks) int64; seq_lens (rows) int64; out like query
 //     llm_infer::decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights,
-//                              Tensor[] scales, Tensor[] lows, Tensor(b!) key_cache, Tensor(c!) value_cache,
-//                              Tensor cos, Tensor sin, Tensor lens, float eps) -> ()              (decoder_layer.c)
-//         hidden (rows, hidden) float32, updated in place; weights q, k, v, o, gate, up, down (out, in), float32
-//         (scales and lows empty), int8 (scales: 7 tensors of (out) float32, lows empty) or int4 (codes (out, in / 2)
-//         uint8, scales and lows 7 tensors each of (out, in / 32) float32); caches (rows, max_len, kv_heads,
-//         head_dim) float32; cos, sin (rows, head_dim) float32; lens (rows) int64, keys held before this token
+//                              Tensor[] scales, Tensor[] lows, Tensor(b!) key_pool, Tensor(c!) value_pool,
+//                              Tensor block_tables, Tensor cos, Tensor sin, Tensor lens, float eps) -> ()
+//         (decoder_layer.c) hidden (rows, hidden) float32, updated in place; weights q, k, v, o, gate, up, down:
+//         float32 (out, in) or panels (out / W, in, W) (scales and lows empty), int8 (out, in) (scales: 7 tensors of
+//         (out) float32, lows empty) or int4 codes (out, in / 2) uint8 (scales and lows: 7 tensors each of
+//         (out, in / 32) float32); pools (num_blocks, block_size, kv_heads, head_dim) float32, block_tables
+//         (rows, max_blocks) int64; cos, sin (rows, head_dim) float32; lens (rows) int64, keys held before this
+//         token
 // Their shape functions, for torch.compile, are in build.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -40,11 +42,12 @@ typedef struct {
     const void *weights[7];
     const float *scales[7];
     const float *lows[7];
+    int panels;
 } projections;
 int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm, const projections *p,
-                      float *key_cache, float *value_cache, const float *cos, const float *sin, const int64_t *lens,
-                      long rows, long hidden, long heads, long kv_heads, long head_dim, long intermediate,
-                      long max_len, float eps);
+                      float *key_pool, float *value_pool, const int64_t *tables, const float *cos, const float *sin,
+                      const int64_t *lens, long rows, long hidden, long heads, long kv_heads, long head_dim,
+                      long intermediate, long num_blocks, long block_size, long max_blocks, float eps);
 }
 
 static void check(const at::Tensor &x, const at::Tensor &weight, const std::optional<at::Tensor> &bias,
@@ -157,37 +160,50 @@ static bool float_matrix(const at::Tensor &t, int64_t rows, int64_t cols) {
 
 static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm, const at::Tensor &post_norm,
                           at::TensorList weights, at::TensorList scales, at::TensorList lows,
-                          const at::Tensor &key_cache,
-                          const at::Tensor &value_cache, const at::Tensor &cos, const at::Tensor &sin,
-                          const at::Tensor &lens, double eps) {
+                          const at::Tensor &key_pool, const at::Tensor &value_pool, const at::Tensor &block_tables,
+                          const at::Tensor &cos, const at::Tensor &sin, const at::Tensor &lens, double eps) {
     TORCH_CHECK(hidden.dim() == 2 && hidden.is_contiguous() && hidden.scalar_type() == at::kFloat,
                 "decoder_layer: hidden must be a contiguous (rows, hidden) float32 matrix");
     const int64_t rows = hidden.size(0), width = hidden.size(1);
-    TORCH_CHECK(key_cache.dim() == 4 && key_cache.is_contiguous() && key_cache.scalar_type() == at::kFloat &&
-                key_cache.size(0) == rows && value_cache.sizes() == key_cache.sizes() && value_cache.is_contiguous() &&
-                value_cache.scalar_type() == at::kFloat,
-                "decoder_layer: the caches must be contiguous (rows, max_len, kv_heads, head_dim) float32");
-    const int64_t max_len = key_cache.size(1), kv_heads = key_cache.size(2), head_dim = key_cache.size(3);
+    TORCH_CHECK(key_pool.dim() == 4 && key_pool.is_contiguous() && key_pool.scalar_type() == at::kFloat &&
+                value_pool.sizes() == key_pool.sizes() && value_pool.is_contiguous() &&
+                value_pool.scalar_type() == at::kFloat,
+                "decoder_layer: the pools must be contiguous (num_blocks, block_size, kv_heads, head_dim) float32");
+    const int64_t kv_heads = key_pool.size(2), head_dim = key_pool.size(3);
+    TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == rows && block_tables.is_contiguous() &&
+                block_tables.scalar_type() == at::kLong,
+                "decoder_layer: block_tables must be (rows, max_blocks) int64");
     TORCH_CHECK(weights.size() == 7 && (scales.empty() || scales.size() == 7) && (lows.empty() || lows.size() == 7) &&
                 (lows.empty() || !scales.empty()),
                 "decoder_layer: weights must be q, k, v, o, gate, up, down; scales none (float32) or one per weight; "
                 "lows none or one per weight (int4, with scales)");
-    const int64_t q_width = weights[0].size(0), intermediate = weights[4].size(0);
+    const bool int4 = !lows.empty(), panels = scales.empty() && weights[0].dim() == 3;
+    auto outputs = [panels](const at::Tensor &w) { return panels ? w.size(0) * w.size(2) : w.size(0); };
+    const int64_t q_width = outputs(weights[0]), intermediate = outputs(weights[4]);
     TORCH_CHECK(q_width % head_dim == 0 && (q_width / head_dim) % kv_heads == 0,
                 "decoder_layer: q's outputs must be heads x head_dim, with kv_heads dividing heads");
     const int64_t shapes[7][2] = {{q_width, width}, {kv_heads * head_dim, width}, {kv_heads * head_dim, width},
                                   {width, q_width}, {intermediate, width}, {intermediate, width},
                                   {width, intermediate}};
-    const bool int4 = !lows.empty();
     const at::ScalarType weight_type = int4 ? at::kByte : scales.empty() ? at::kFloat : at::kChar;
     projections p;
+    p.panels = panels;
     for (int i = 0; i < 7; i++) {
         const int64_t columns = int4 ? shapes[i][1] / 2 : shapes[i][1];  // int4: two codes a byte
         const int64_t per_weight = int4 ? shapes[i][0] * (shapes[i][1] / 32) : shapes[i][0];  // scales' values
-        TORCH_CHECK(weights[i].dim() == 2 && weights[i].is_contiguous() && weights[i].scalar_type() == weight_type &&
-                    weights[i].size(0) == shapes[i][0] && weights[i].size(1) == columns,
-                    "decoder_layer: weight ", i, " must be a contiguous (", shapes[i][0], ", ", columns,
-                    ") matrix of ", weight_type);
+        if (panels) {
+            TORCH_CHECK(weights[i].dim() == 3 && weights[i].is_contiguous() && weights[i].scalar_type() == at::kFloat &&
+                        weights[i].size(2) == panel_width() && outputs(weights[i]) == shapes[i][0] &&
+                        weights[i].size(1) == shapes[i][1],
+                        "decoder_layer: weight ", i, " must be contiguous float32 panels (", shapes[i][0], " / ",
+                        panel_width(), ", ", shapes[i][1], ", ", panel_width(), ")");
+        } else {
+            TORCH_CHECK(weights[i].dim() == 2 && weights[i].is_contiguous() &&
+                        weights[i].scalar_type() == weight_type && weights[i].size(0) == shapes[i][0] &&
+                        weights[i].size(1) == columns,
+                        "decoder_layer: weight ", i, " must be a contiguous (", shapes[i][0], ", ", columns,
+                        ") matrix of ", weight_type);
+        }
         TORCH_CHECK(!int4 || shapes[i][1] % 32 == 0, "decoder_layer: int4 weights need inputs in groups of 32");
         p.weights[i] = weights[i].const_data_ptr();
         p.scales[i] = p.lows[i] = nullptr;
@@ -211,13 +227,17 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
                 "decoder_layer: cos and sin must be contiguous (rows, head_dim) float32");
     TORCH_CHECK(lens.dim() == 1 && lens.size(0) == rows && lens.is_contiguous() && lens.scalar_type() == at::kLong,
                 "decoder_layer: lens must be (rows) int64");
+    const int64_t capacity = block_tables.size(1) * key_pool.size(1);
     int failed = decoder_layer_f32(
         hidden.mutable_data_ptr<float>(), input_norm.const_data_ptr<float>(), post_norm.const_data_ptr<float>(), &p,
-        key_cache.mutable_data_ptr<float>(), value_cache.mutable_data_ptr<float>(), cos.const_data_ptr<float>(),
-        sin.const_data_ptr<float>(), lens.const_data_ptr<int64_t>(), rows, width, q_width / head_dim, kv_heads,
-        head_dim, intermediate, max_len, static_cast<float>(eps));
-    TORCH_CHECK(failed != -2, "decoder_layer: a row's cache is full: every lens value must be below max_len (",
-                max_len, ")");
+        key_pool.mutable_data_ptr<float>(), value_pool.mutable_data_ptr<float>(),
+        block_tables.const_data_ptr<int64_t>(), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(),
+        lens.const_data_ptr<int64_t>(), rows, width, q_width / head_dim, kv_heads, head_dim, intermediate,
+        key_pool.size(0), key_pool.size(1), block_tables.size(1), static_cast<float>(eps));
+    TORCH_CHECK(failed != -2, "decoder_layer: a row's cache is full: every lens value must be below max_blocks x "
+                "block_size (", capacity, ")");
+    TORCH_CHECK(failed != -3, "decoder_layer: a block table names a block outside the pool (0 .. ",
+                key_pool.size(0) - 1, ")");
     TORCH_CHECK(failed == 0, "decoder_layer: out of memory for its scratch buffers");
 }
 
@@ -229,8 +249,8 @@ TORCH_LIBRARY(llm_infer, m) {
     m.def("paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables, "
           "Tensor seq_lens, float scale) -> Tensor");
     m.def("decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights, Tensor[] scales, "
-          "Tensor[] lows, Tensor(b!) key_cache, Tensor(c!) value_cache, Tensor cos, Tensor sin, Tensor lens, "
-          "float eps) -> ()");
+          "Tensor[] lows, Tensor(b!) key_pool, Tensor(c!) value_pool, Tensor block_tables, Tensor cos, Tensor sin, "
+          "Tensor lens, float eps) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(llm_infer, CPU, m) {

@@ -53,7 +53,7 @@ from ...io import staged, write_json
 from ...measure import Run, timed_loads
 from ...metrics import Measurements, record_generation
 from ...serving.bench import reference
-from ...serving.engine.paged_runner import paged_attention_for
+from ...serving.engine.paged_runner import fused_decoder_runs, paged_attention_for
 from ...serving.bench.loadgen import LoadSettings, first_model, random_prompts, run_load_async
 from ...serving.api.settings import ServerSettings
 from ...serving.engine.spans import load_spans, write_chrome_trace
@@ -327,6 +327,11 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
             # the paged runs' decode attention (serving/engine/paged_runner.py): kernel, or sdpa where it cannot run
             "paged_attention": paged_attention_for(ServerSettings.paged_attention, run_info.precision.device,
                                                    getattr(torch, run_info.precision.dtype))[0],
+            # and their steps of decodes alone: our fused C decoder layer where it runs (it needs the attention
+            # kernel and our small-batch linears), else transformers' modules
+            "decoder": fused_decoder_runs(ServerSettings.decoder, paged_attention_for(
+                ServerSettings.paged_attention, run_info.precision.device, getattr(torch, run_info.precision.dtype))[0],
+                settings.get("cpu_linears", "small_batch")),
             "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"],
         })
 

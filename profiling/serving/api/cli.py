@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .settings import (KV_CACHES, LINEARS, PAGED_ATTENTION, POLICIES, QUANTIZE, SWITCHES, TENANT_POLICIES,
+from .settings import (DECODERS, KV_CACHES, LINEARS, PAGED_ATTENTION, POLICIES, QUANTIZE, SWITCHES, TENANT_POLICIES,
                        ServerSettings)
 
 HELP = {
@@ -31,6 +31,8 @@ HELP = {
     "kv_cache_mib": "paged: memory for the pool when --kv-blocks is 0 (MiB)",
     "paged_attention": "paged: decode attention by our C kernel reading the blocks in place (CPU, float32; sdpa "
                        "elsewhere) | sdpa (blocks gathered, one SDPA)",
+    "decoder": "paged: steps of decodes alone by our fused C decoder layer, one call per layer (CPU, float32, "
+               "small_batch linears; hf elsewhere) | hf (transformers' modules)",
     "max_step_tokens": "paged: token budget of a step, decodes first, then prompt chunks (0: no chunking)",
     "prefix_cache": "paged: share the KV blocks of identical prompt prefixes (on | off)",
     "wait_window_ms": "static: launch after this long without a new request; "
@@ -42,9 +44,9 @@ HELP = {
     "spans_out": "write the server-side span events to this JSONL file",
     "served_model_name": "model name to report in /v1/models (default: --model)",
 }
-CHOICES = {"quantize": QUANTIZE, "linears": LINEARS, "policy": POLICIES, "tenant_policy": TENANT_POLICIES, "kv_cache": KV_CACHES,
-           "paged_attention": PAGED_ATTENTION, "prefix_cache": SWITCHES, "device": ("auto", "cpu", "cuda"),
-           "dtype": ("auto", "float32", "bfloat16", "float16")}
+CHOICES = {"quantize": QUANTIZE, "linears": LINEARS, "policy": POLICIES, "tenant_policy": TENANT_POLICIES,
+           "kv_cache": KV_CACHES, "paged_attention": PAGED_ATTENTION, "decoder": DECODERS, "prefix_cache": SWITCHES,
+           "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16", "float16")}
 TYPES = {"port": int, "max_batch": int, "kv_block_size": int, "kv_blocks": int, "kv_cache_mib": int,
          "max_step_tokens": int, "queue_depth": int, "tenant_cap": int, "max_tokens_limit": int,
          "wait_window_ms": float}

@@ -114,9 +114,11 @@ class Service:
         pool = PagedKVPool(config, num_blocks, settings.kv_block_size, dtype, self.engine.device)
         blocks = BlockManager(num_blocks, settings.kv_block_size, prefix_caching=settings.prefix_cache == "on")
         self.metrics.observe_blocks(blocks)
-        runner = PagedRunner(self.model, pool, settings.paged_attention)
+        runner = PagedRunner(self.model, pool, settings.paged_attention, settings.decoder)
         if runner.kernel_note:
             print(f"paged_attention: kernel: {runner.kernel_note}; decode attention runs as sdpa", file=sys.stderr)
+        if runner.decoder_note:
+            print(f"decoder: fused: {runner.decoder_note}; decode steps run transformers' modules", file=sys.stderr)
         return blocks, runner
 
     # ---- life cycle -----------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ KV cache (where keys and values live):
                 admission asks for blocks, so memory may lower `max_batch`; with `max_step_tokens` > 0 prompts
                 are cut into chunks that share a step with the running decodes; `prefix_cache` on shares the
                 blocks of identical prompt prefixes; when blocks run out the newest sequence is preempted;
-                `paged_attention` kernel reads the decode rows' keys and values in place (our C kernel)
+                `paged_attention` kernel reads the decode rows' keys and values in place (our C kernel);
+                `decoder` fused runs a step of decodes alone as one C call per decoder layer (our kernels)
     slab        one left-padded tensor per layer for the whole running batch (prompts run as steps of their
                 own; no chunking, prefix sharing or preemption)
 Tenant policies (who is admitted first):
@@ -29,6 +30,7 @@ from ...config import EMBEDDED_MODEL, ConfigError
 POLICIES = ("static", "dynamic", "continuous")
 KV_CACHES = ("paged", "slab")
 PAGED_ATTENTION = ("kernel", "sdpa")  # engine/paged_runner.py
+DECODERS = ("fused", "hf")  # engine/paged_runner.py: decode-only steps by our fused C layer or transformers' modules
 QUANTIZE = ("none", "int8_dynamic", "int8_weight_only")  # profiling/quantize.py
 LINEARS = ("prepacked", "aten", "small_batch")  # profiling/prepack.py
 SWITCHES = ("on", "off")
@@ -57,6 +59,8 @@ class ServerSettings:
     kv_cache_mib: int = 512           # paged: memory for the pool when kv_blocks is 0 (MiB)
     paged_attention: str = "kernel"   # paged decode rows: kernel (our C kernel reads the blocks in place; CPU,
                                       # float32, else sdpa) | sdpa (blocks gathered, one SDPA)
+    decoder: str = "fused"            # paged decode-only steps: fused (one C call per decoder layer; CPU, float32,
+                                      # small_batch linears, the attention kernel; else hf) | hf (transformers)
     max_step_tokens: int = 256        # paged: token budget of a step, decodes first, then prompt chunks (0: off)
     prefix_cache: str = "on"          # paged: on | off, share the KV blocks of identical prompt prefixes
     wait_window_ms: float = 10.0      # static and dynamic launch rule (see the module docstring)
@@ -79,6 +83,8 @@ class ServerSettings:
             raise ConfigError(f"kv_cache: {self.kv_cache!r} is not one of {', '.join(KV_CACHES)}")
         if self.paged_attention not in PAGED_ATTENTION:
             raise ConfigError(f"paged_attention: {self.paged_attention!r} is not one of {', '.join(PAGED_ATTENTION)}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.prefix_cache not in SWITCHES:
             raise ConfigError(f"prefix_cache: {self.prefix_cache!r} is not one of on, off")
         if self.tenant_policy not in TENANT_POLICIES:

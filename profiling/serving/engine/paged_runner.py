@@ -17,6 +17,12 @@ attention function registered below, which, in every layer,
 and falls back to the model's original attention when it is called without a step (the offline engine and the
 slab path share the same model object). The choice and its micro-benchmark are in DESIGN.md's serving part.
 
+A step of decodes alone, with decoder "fused", skips the model's modules: each decoder layer runs as one call of our
+C kernel (kernels/fused_decoder.py, decoder_layer.c: norms, projections, rotary, the pool write and the paged
+attention), ~35 operators a step instead of ~4,700; the embedding, final norm and lm_head stay the model's. It needs a
+CPU, a float32 pool, the kernel's paged attention and every projection on our small-batch kernels; otherwise (and
+for steps with prompt chunks) the modules run, and `decoder_note` says why.
+
 Logits are computed only for the items that finish their pending tokens (the others are mid-prompt).
 """
 from __future__ import annotations
@@ -140,16 +146,37 @@ def paged_attention_for(requested: str, device, dtype: torch.dtype) -> tuple[str
     return ("sdpa", reason) if reason else ("kernel", None)
 
 
+def fused_decoder_runs(requested: str, paged_attention: str, linears: str) -> str:
+    """The decoder a server's steps of decodes alone run, told without a model: fused when requested over the
+    attention kernel and our small-batch linears (the model must also be a Llama-type one: fused_decoder_for)."""
+    return "fused" if requested == "fused" and paged_attention == "kernel" and linears == "small_batch" else "hf"
+
+
+def fused_decoder_for(requested: str, model, paged_attention: str):
+    """(the FusedDecoder that runs decode-only steps, or None; why not when `requested` is "fused")"""
+    if requested != "fused":
+        return None, None
+    if paged_attention != "kernel":
+        return None, "the fused decoder layer reads the pool with the paged attention kernel, which does not run here"
+    from ...kernels.fused_decoder import FusedDecoder, unsupported_reason
+
+    reason = unsupported_reason(model)
+    return (None, reason) if reason else (FusedDecoder(model), None)
+
+
 class PagedRunner:
     """Runs steps of (sequence, n) items over a PagedKVPool; returns the logits of the items that finish.
-    paged_attention: kernel | sdpa (see the module docstring); `self.paged_attention` is the one that runs
-    (sdpa where the kernel cannot, with the reason in `self.kernel_note`)."""
+    paged_attention: kernel | sdpa, decoder: fused | hf (see the module docstring); `self.paged_attention` and
+    `self.decoder` are the ones that run (sdpa and hf where ours cannot, with the reasons in `self.kernel_note` and
+    `self.decoder_note`)."""
 
-    def __init__(self, model, pool: PagedKVPool, paged_attention: str = "kernel"):
+    def __init__(self, model, pool: PagedKVPool, paged_attention: str = "kernel", decoder: str = "fused"):
         self.model, self.pool = model, pool
         self.device = next(model.parameters()).device
         self.paged_attention, self.kernel_note = paged_attention_for(paged_attention, pool.keys[0].device,
                                                                      pool.keys[0].dtype)
+        self.fused, self.decoder_note = fused_decoder_for(decoder, model, self.paged_attention)
+        self.decoder = "fused" if self.fused is not None else "hf"
         self.no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # ignored by _attention
         use_paged_attention(model)
 
@@ -175,6 +202,11 @@ class PagedRunner:
             if start + n == len(token_ids):
                 keep.append(len(ids) - 1)
                 picked.append(seq)
+        if self.fused is not None and not chunks:  # decodes alone: one C call per layer, in place in the pool
+            _, tables, lens, _ = self._decode_view(decodes)
+            logits = self.fused.step(torch.tensor(ids), torch.tensor(positions), self.pool.keys, self.pool.values,
+                                     tables, lens - 1)
+            return picked, logits[torch.tensor(keep, dtype=torch.long)]
         step = PagedStep(self.pool, torch.tensor(write_slots, device=self.device), *self._decode_view(decodes),
                          chunks=chunks)
         tensor = torch.tensor
