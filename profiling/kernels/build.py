@@ -3,6 +3,7 @@
     small_batch_linear.c   linear layers at a few rows (small_batch.py)
     paged_attention.c      decode attention read in place from a paged KV pool (serving/engine/paged_runner.py)
     decoder_layer.c        a whole decoder layer's decode step in one call (fused_decoder.py)
+    kernels.h              the functions they share with one another and with ops.cpp
     ops.cpp                both as torch operators (llm_infer::...), called by torch's dispatcher without Python
 
 The C files are compiled by `CC` (else gcc) with -O3 -march=native and OpenMP, ops.cpp by `CXX` (else g++) against
@@ -31,6 +32,7 @@ HERE = Path(__file__).parent
 C_SOURCES = [HERE / "small_batch_linear.c", HERE / "paged_attention.c",  # the kernels, plain C
              HERE / "decoder_layer.c"]
 OPS_SOURCE = HERE / "ops.cpp"  # their torch operators
+HEADER = HERE / "kernels.h"  # the functions the C files and ops.cpp share
 C_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC",
            # vectorised sums without -ffast-math, whose start-up code would change the whole process's float mode
            "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
@@ -77,8 +79,8 @@ def _build() -> Path:
     cc, cxx = _compiler("CC"), _compiler("CXX")
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     torch_lib = Path(torch.__file__).parent / "lib"
-    key_parts = [*(source.read_text() for source in [*C_SOURCES, OPS_SOURCE]), cc, cxx, *C_FLAGS, *CXX_FLAGS, abi,
-                 torch.__version__, _cpu_flags()]
+    key_parts = [*(source.read_text() for source in [*C_SOURCES, OPS_SOURCE, HEADER]), cc, cxx, *C_FLAGS,
+                 *CXX_FLAGS, abi, torch.__version__, _cpu_flags()]
     key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:16]
     cache = CACHE_DIR
     try:
@@ -92,9 +94,9 @@ def _build() -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as staging:  # built aside, then renamed: processes may race
         objects = [Path(staging) / f"{source.stem}.o" for source in C_SOURCES]
         for source, obj in zip(C_SOURCES, objects):
-            _run([cc, *C_FLAGS, "-c", str(source), "-o", str(obj)])
+            _run([cc, *C_FLAGS, f"-I{HERE}", "-c", str(source), "-o", str(obj)])
         built = Path(staging) / target.name
-        _run([cxx, *CXX_FLAGS, abi, *[f"-I{path}" for path in include_paths()], str(OPS_SOURCE),
+        _run([cxx, *CXX_FLAGS, abi, f"-I{HERE}", *[f"-I{path}" for path in include_paths()], str(OPS_SOURCE),
               *map(str, objects), f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-o", str(built)])
         os.replace(built, target)
     return target

@@ -26,24 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void linear_f32(const float *x, const float *w, const float *bias, float *y, long rows, long n, long k);
-void linear_int8(const float *x, const int8_t *w, const float *scale, const float *bias, float *y, long rows, long n,
-                 long k);
-int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
-                float *y, long rows, long n, long k);
-void linear_f32_panels(const float *x, const float *panels, const float *bias, float *y, long rows, long n, long k);
-int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
-                               const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
-                               long num_blocks, long block_size, long max_blocks, float scale);
-
-/* The layer's seven projections in the order q, k, v, o, gate, up, down; scales[i] NULL for float32 weights,
- * lows[i] NULL for float32 and int8 ones */
-typedef struct {
-    const void *weights[7];
-    const float *scales[7];
-    const float *lows[7];
-    int panels; /* float32 weights laid out in panels (small_batch_linear.c's panel GEMM), not in rows */
-} projections;
+#include "kernels.h"
 
 /* y = x @ w_i.T; 0, or -1 when the int4 kernel's scratch memory could not be allocated */
 static int project(const projections *p, int i, const float *x, float *y, long rows, long n, long k) {

@@ -28,26 +28,7 @@
 #include <optional>
 
 extern "C" {
-void linear_f32(const float *x, const float *w, const float *bias, float *y, long rows, long n, long k);
-void linear_int8(const float *x, const int8_t *w, const float *scale, const float *bias, float *y, long rows, long n,
-                 long k);
-int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
-                float *y, long rows, long n, long k);
-int panel_width(void);
-void linear_f32_panels(const float *x, const float *panels, const float *bias, float *y, long rows, long n, long k);
-int paged_decode_attention_f32(const float *q, const float *key_pool, const float *value_pool, const int64_t *tables,
-                               const int64_t *lens, float *out, long rows, long heads, long kv_heads, long head_dim,
-                               long num_blocks, long block_size, long max_blocks, float scale);
-typedef struct {
-    const void *weights[7];
-    const float *scales[7];
-    const float *lows[7];
-    int panels;
-} projections;
-int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm, const projections *p,
-                      float *key_pool, float *value_pool, const int64_t *tables, const float *cos, const float *sin,
-                      const int64_t *lens, long rows, long hidden, long heads, long kv_heads, long head_dim,
-                      long intermediate, long num_blocks, long block_size, long max_blocks, float eps);
+#include "kernels.h"
 }
 
 static void check(const at::Tensor &x, const at::Tensor &weight, const std::optional<at::Tensor> &bias,

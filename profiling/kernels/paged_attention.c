@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <omp.h>
 
+#include "kernels.h"
+
 /* Where token t's keys (or values), all KV heads, live in a pool */
 static inline const float *slot(const float *pool, const int64_t *table, long t, long block_size, long width) {
     return pool + ((long)table[t / block_size] * block_size + t % block_size) * width;

@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <omp.h>
 
+#include "kernels.h"
+
 #define ROW_BLOCK 4 /* rows of x that share one pass over a weight row */
 
 /* out[u] = dot(x[u, :], wj) for the ROW_BLOCK rows of x that start at x; WEIGHT is float or int8_t */
