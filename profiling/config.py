@@ -162,6 +162,7 @@ class Precision:
 
     device: str  # "cpu" or "cuda"
     dtype: str  # one of DTYPE_NAMES
+    decoder: str = "hf"  # on a CPU: hf (transformers' modules) or fused (kernels/fused_decoder.py); config: cpu_decoder
     linears: str = "prepacked"  # on a CPU: prepacked (oneDNN, packed at load), aten (F.linear) or small_batch (our
                                 # C kernel at 1-32 rows, prepacked above); see prepack.py. The config's default:
                                 # small_batch
@@ -221,7 +222,7 @@ def resolve_precision(config: dict) -> Precision:
                   f"{', '.join(missing)} is not on PATH: running with cpu_linears: prepacked (oneDNN) "
                   "instead. Install gcc and g++ (or set CC / CXX) to use it.", file=sys.stderr)
             linears = "prepacked"
-    return Precision(device=device, dtype=dtype, linears=linears)
+    return Precision(device=device, dtype=dtype, linears=linears, decoder=config.get("cpu_decoder", "hf"))
 
 
 def confirm_device(precision: Precision) -> None:

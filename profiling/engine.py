@@ -6,7 +6,8 @@ Written out by hand over the model's forward (as gpt-fast does) so that every st
     decode_step[i] forward over the one newest token, reusing the cache, picks token i + 1
 
 With `use_cache=False` each step instead recomputes the whole sequence, exactly like `use_cache=False` in
-transformers. Batches are left-padded; position ids follow the attention mask, as `model.generate` does, so the
+transformers. A model loaded with `cpu_decoder: fused` (model.use_fused_decoder) runs its decode steps through our
+fused C decoder layer (kernels/fused_decoder.py: one operator a layer) over a cache it fills from the prefill. Batches are left-padded; position ids follow the attention mask, as `model.generate` does, so the
 greedy tokens equal `model.generate(do_sample=False)` token for token.
 """
 from __future__ import annotations
@@ -94,10 +95,20 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_n
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     new_tokens: list[torch.Tensor] = []
     cache = None
+    fused = getattr(model, "fused_decoder", None) if use_cache else None
     for step in range(max_new_tokens):
         name = "prefill" if step == 0 else f"decode_step[{step}]"
         with clock.span(name):
-            if use_cache:
+            if fused is not None:  # our fused layers: the prefill fills their cache, each step is one call a layer
+                if step == 0:
+                    logits, keys, values, lens, last = fused.prefill(sequence, mask, max_new_tokens)
+                    tables = torch.arange(sequence.shape[0], device=sequence.device)[:, None]
+                else:
+                    logits = fused.step(sequence[:, -1], last + step, keys, values, tables, lens)
+                    lens += 1
+                next_tokens = _pick(logits, do_sample, temperature, top_k, generator)
+                host_tokens = next_tokens.cpu()
+            elif use_cache:
                 if step == 0:
                     inputs = {"input_ids": sequence, "position_ids": positions}
                 else:
@@ -107,8 +118,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_n
             else:
                 out = model(input_ids=sequence, attention_mask=mask, position_ids=positions, use_cache=False,
                             **keep_last)
-            next_tokens = _pick(out.logits[:, -1, :], do_sample, temperature, top_k, generator)
-            host_tokens = next_tokens.cpu()
+            if fused is None:
+                next_tokens = _pick(out.logits[:, -1, :], do_sample, temperature, top_k, generator)
+                host_tokens = next_tokens.cpu()
         host_tokens = host_tokens.masked_fill(finished, pad_token_id)
         new_tokens.append(host_tokens)
         if eos_token_id is not None:

@@ -91,6 +91,15 @@ def cpu_linears(precision: Precision) -> str | None:
     return linears
 
 
+def cpu_decoder(precision: Precision) -> str | None:
+    """How the run's decode steps run on a CPU: hf | fused (None on a GPU), as model.load_model runs them: fused
+    needs our small-batch linears in float32 (cpu_linears) and a Llama-type model, else the load says why and
+    keeps transformers' modules (the model's type is not checked here)."""
+    if precision.device != "cpu":
+        return None
+    return "fused" if precision.decoder == "fused" and cpu_linears(precision) == "small_batch" else "hf"
+
+
 def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dict:
     """The full record for the run `run_tag` of `model` on `precision` with `threads` torch threads."""
     import psutil
@@ -116,6 +125,7 @@ def collect(precision: Precision, threads: int, run_tag: str, model: str) -> dic
         "device": precision.device,
         "dtype": precision.dtype,
         "cpu_linears": cpu_linears(precision),  # prepacked (oneDNN) | aten | small_batch, as the run's linears actually run
+        "cpu_decoder": cpu_decoder(precision),  # hf | fused: how decode steps run (model.use_fused_decoder)
         "cpu_allocator": allocator.describe(),  # glibc's thresholds for freed memory (profiling/allocator.py)
         "git_commit": git_commit(),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def _load_error(model: str, error: Exception) -> ConfigError:
 
 def load_model(model: str, precision: Precision):
     """Load the model in `precision.dtype` onto `precision.device`, in eval mode; on a CPU its linear layers run as
-    precision.linears says (prepack.py: prepacked for oneDNN, our small-batch kernel, or aten's F.linear)."""
+    precision.linears says (prepack.py: prepacked for oneDNN, our small-batch kernel, or aten's F.linear), and its
+    decode steps as precision.decoder says (hf, or fused: use_fused_decoder)."""
     from transformers import AutoModelForCausalLM
 
     from .prepack import apply_cpu_linears_or_prepacked
@@ -165,7 +167,27 @@ def load_model(model: str, precision: Precision):
     loaded = loaded.to(precision.device).eval()
     if precision.device == "cpu":  # without our kernel, the run goes on with oneDNN, as env.cpu_linears records
         apply_cpu_linears_or_prepacked(loaded, precision.linears, "cpu_linears")
+        if precision.decoder == "fused":
+            use_fused_decoder(loaded)
     return loaded
+
+
+def use_fused_decoder(model) -> bool:
+    """Attach a FusedDecoder as `model.fused_decoder` (engine.generate then runs its decode steps through it);
+    where it cannot run (kernels/fused_decoder.unsupported_reason, or no kernel), say why on stderr and keep
+    transformers' modules. True when attached."""
+    from .kernels.build import KernelUnavailable
+    from .kernels.fused_decoder import FusedDecoder, unsupported_reason
+
+    try:
+        reason = unsupported_reason(model)
+        if reason is None:
+            model.fused_decoder = FusedDecoder(model)
+            return True
+    except KernelUnavailable as error:
+        reason = str(error)
+    print(f"cpu_decoder: fused: {reason}; running with cpu_decoder: hf", file=sys.stderr)
+    return False
 
 
 def load_tokenizer(model: str):

@@ -103,3 +103,37 @@ def test_a_traced_fused_step_is_the_fused_part_with_its_weight_bytes(tiny_inputs
                    for input_norm, post_norm, weights, scales, lows in fused.layers)  # int8 and int4: bytes
     assert layers["decoder_layer"]["weight_bytes"] == expected
     assert result["weights"]["decoder_layer"]["bytes_traced"]
+
+
+def test_the_engine_runs_its_decode_steps_fused_when_configured(tiny_inputs, capsys):  # noqa: F811
+    from profiling.config import Precision
+    from profiling.engine import generate as engine_generate
+    from profiling.env import cpu_decoder
+    from profiling.model import load_model
+
+    hf = load_model("tiny-random", Precision("cpu", "float32", linears="small_batch"))
+    fused = load_model("tiny-random", Precision("cpu", "float32", linears="small_batch", decoder="fused"))
+    assert not hasattr(hf, "fused_decoder") and hasattr(fused, "fused_decoder")
+    clock, seen = StageClock("cpu"), []
+    step = fused.fused_decoder.step
+    fused.fused_decoder.step = lambda ids, positions, *rest: seen.append((positions.clone(), rest[-1].clone())) \
+        or step(ids, positions, *rest)
+    tokens = engine_generate(fused, *tiny_inputs, 8, clock=clock).tokens
+    assert torch.equal(tokens, engine_generate(hf, *tiny_inputs, 8).tokens)
+    assert len(clock.spans) == 8  # the prefill and 7 decode steps, timed as the engine's own
+    real = tiny_inputs[1].sum(-1)  # each row's prompt tokens (left padding excluded)
+    for index, (positions, lens) in enumerate(seen, start=1):  # step i: the token at position prompt - 1 + i,
+        assert torch.equal(positions, real - 1 + index)        # after prompt - 1 + i keys
+        assert torch.equal(lens, real - 1 + index)
+    # an end-of-sequence token stops a row, as transformers' path does
+    eos = int(tokens[0, 2])
+    assert torch.equal(engine_generate(fused, *tiny_inputs, 8, eos_token_id=eos).tokens,
+                       engine_generate(hf, *tiny_inputs, 8, eos_token_id=eos).tokens)
+    # where it cannot run, the load says why and keeps transformers' modules; env.json records what runs
+    packed = load_model("tiny-random", Precision("cpu", "float32", linears="prepacked", decoder="fused"))
+    assert not hasattr(packed, "fused_decoder")
+    assert "cpu_decoder: fused: the fused decoder layer needs every projection on our small-batch kernel" in \
+        capsys.readouterr().err
+    assert cpu_decoder(Precision("cpu", "float32", linears="small_batch", decoder="fused")) == "fused"
+    assert cpu_decoder(Precision("cpu", "float32", linears="prepacked", decoder="fused")) == "hf"
+    assert cpu_decoder(Precision("cuda", "float16", decoder="fused")) is None

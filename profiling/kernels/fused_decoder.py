@@ -70,7 +70,7 @@ class FusedDecoder:
             self.layers.append((layer.input_layernorm.weight, layer.post_attention_layernorm.weight, weights, scales,
                                 lows))
 
-    def _prefill(self, input_ids, attention_mask, room: int):
+    def prefill(self, input_ids, attention_mask, room: int):
         """The model's prefill; last-position logits and the per-layer caches (keys, values) with room for `room`
         more tokens, each row's real tokens first, and the number of them (lens)."""
         from transformers import DynamicCache
@@ -118,7 +118,7 @@ class FusedDecoder:
         room = max(max_new_tokens, cache_new_tokens)
         tokens, first_logits = [], None
         with clock.span("prefill"):
-            logits, keys, values, lens, last = self._prefill(input_ids, attention_mask, room)
+            logits, keys, values, lens, last = self.prefill(input_ids, attention_mask, room)
             next_ids = logits.float().argmax(dim=-1)
             tokens.append(next_ids.cpu())
         if keep_first_logits:

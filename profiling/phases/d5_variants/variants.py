@@ -26,7 +26,8 @@ physical cores. A variant changes one or more levers (a `Spec`):
                                                     folded and prepacked for oneDNN at compile time)
     decoder   hf | fused                            fused: every decode step runs each decoder layer as one call
                                                     of our C kernel (profiling/kernels/fused_decoder.py; CPU only,
-                                                    small_batch linears): ~40 operators a step instead of ~4,700
+                                                    small_batch linears): ~40 operators a step instead of ~4,700;
+                                                    the engine's `cpu_decoder: fused` setting
     threads   0 (all of the run's threads) or a count
 
 The weight-only kernels are fast on a CPU only with bfloat16 activations (float32 ones take slow fallbacks, 8-25x

@@ -12,8 +12,7 @@ variants, and the verdicts against them. Reads the experiment's rows and meta.js
                   candidates: exact or at least 8-bit variants against q8_0, 4-bit ones against q4_1, the engine's
                   float32 path (engine_float32: the reference and the variants that change only the engine's own
                   settings, linears aten | prepacked | small_batch and attention eager | sdpa; its default is prepacked + sdpa)
-                  against f32, and beside it the float32 path with our fused decoder layer (fused_float32, a D5
-                  lever) against f32 with the same bound; at every
+                  against f32 (its decode steps hf or fused: cpu_decoder); at every
                   larger batch our best exact variant's decode tok/s / vLLM's (compiled, else eager; at least
                   the bound): vLLM's tokens are the reference's, so an approximate variant is no match for it.
                   verdict: met | missed | no_peer (the peer was not measured) | no_candidate (no variant of that kind)
@@ -36,7 +35,6 @@ STEP_TARGETS = {
     "exact_or_8bit_vs_llama_q8_0": ("exact_or_8bit", "llama.cpp q8_0", 1.0),
     "4bit_vs_llama_q4_1": ("4bit", "llama.cpp q4_1", 1.0),
     "engine_float32_vs_llama_f32": ("engine_float32", "llama.cpp f32", 1.5),
-    "fused_float32_vs_llama_f32": ("fused_float32", "llama.cpp f32", 1.5),  # the same bound, our fused layer's path
 }
 VLLM_TARGET = ("best_exact_vs_vllm", 1.0)  # our best exact decode tok/s / vLLM's at each larger batch, at least this
 NOT_RUN = {"measured": False, "note": "not run by this experiment"}  # meta.json without the peer's entry
@@ -52,22 +50,12 @@ def weight_bits(described: dict | None) -> float:
 
 def engine_float32(described: dict | None) -> bool:
     """True for a variant that the engine runs in float32 by its own settings alone (cpu_linears, attention): no
-    quantisation, no compilation, the dynamic cache, transformers' layers (not our fused one: a D5 lever, not an
-    engine setting), all threads; the reference and the engine's default among them."""
+    quantisation, no compilation, the dynamic cache, all threads, decode steps by transformers' modules or our fused
+    layer (cpu_decoder: hf | fused); the reference and the engine's default among them."""
     if not described:
         return False
     return (described.get("dtype") == "float32" and described.get("quant") == "none"
             and described.get("compile") == "none" and described.get("cache") == "dynamic"
-            and described.get("decoder", "hf") == "hf" and not described.get("threads"))
-
-
-def fused_float32(described: dict | None) -> bool:
-    """True for a float32 variant whose decode steps run our fused decoder layer (a D5 lever, not an engine
-    setting): unquantised, uncompiled, all threads."""
-    if not described:
-        return False
-    return (described.get("dtype") == "float32" and described.get("quant") == "none"
-            and described.get("decoder") == "fused" and described.get("compile") == "none"
             and not described.get("threads"))
 
 
@@ -79,7 +67,6 @@ def classified(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
     match = table["token_match_ratio"] if "token_match_ratio" in table else pd.Series(float("nan"), index=table.index)
     table["agreement"] = ["exact" if ratio == 1.0 else "approximate" for ratio in match]
     table["engine_float32"] = [engine_float32(described.get(name)) for name in table["variant"]]
-    table["fused_float32"] = [fused_float32(described.get(name)) for name in table["variant"]]
     return table
 
 
@@ -193,8 +180,7 @@ def targets(table: pd.DataFrame, peers: list[dict], batch_sizes: list[int]) -> l
     small = min(batch_sizes)
     ours = table[table["available"] & (table["batch_size"] == small)]
     candidates = {"exact_or_8bit": ours[(ours["agreement"] == "exact") | (ours["weight_bits"] >= 8)],
-                  "4bit": ours[ours["weight_bits"] <= 4], "engine_float32": ours[ours["engine_float32"]],
-                  "fused_float32": ours[ours["fused_float32"]]}
+                  "4bit": ours[ours["weight_bits"] <= 4], "engine_float32": ours[ours["engine_float32"]]}
     measured = {(p["system"], p["batch_size"]): p for p in peers if p["available"]}
     found = []
     for key, (kind, peer_label, bound) in STEP_TARGETS.items():
