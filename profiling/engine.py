@@ -6,9 +6,10 @@ Written out by hand over the model's forward (as gpt-fast does) so that every st
     decode_step[i] forward over the one newest token, reusing the cache, picks token i + 1
 
 With `use_cache=False` each step instead recomputes the whole sequence, exactly like `use_cache=False` in
-transformers. A model loaded with `cpu_decoder: fused` (model.use_fused_decoder) runs its decode steps through our
-fused C decoder layer (kernels/fused_decoder.py: one operator a layer) over a cache it fills from the prefill. Batches are left-padded; position ids follow the attention mask, as `model.generate` does, so the
-greedy tokens equal `model.generate(do_sample=False)` token for token.
+transformers. A model with a `fused_decoder` (model.use_fused_decoder: `cpu_decoder: fused`, or D5's fused variants)
+runs its decode steps through our fused C decoder layer (kernels/fused_decoder.py: one operator a layer) over a cache
+it fills from the prefill. Batches are left-padded; position ids follow the attention mask, as `model.generate` does,
+so the greedy tokens equal `model.generate(do_sample=False)` token for token.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def test_the_fused_variants_give_the_tokens_of_their_unfused_twins(tiny_inputs):
 
 def fused_and_layer(tiny_inputs, name="small_batch_fused"):  # noqa: F811
     built = V.build(name, "tiny-random", "cpu")
-    return built, built.decoder
+    return built, built.model.fused_decoder
 
 
 def test_one_layer_call_equals_transformers_layer(tiny_inputs):  # noqa: F811

@@ -1,8 +1,9 @@
-"""Greedy generation whose decode steps run each decoder layer as one C call (decoder_layer.c).
+"""Decode steps that run each decoder layer as one C call (decoder_layer.c), for the engine and the server.
 
 The prefill runs the model's own forward (transformers, eagerly), then its KV cache is copied into one contiguous
 cache per layer, (batch, length, kv_heads, head_dim), each row's real tokens first (left padding dropped): a KV pool
-of one block per row. A decode step (`step`, which the server's paged runner also calls over its own pool) is then:
+of one block per row (`prefill`; engine.generate calls it, with `cpu_decoder: fused` or D5's fused variants). A decode
+step (`step`, which the server's paged runner also calls over its own pool) is then:
 
     h = embedding[token]                        one row per sequence
     cos, sin = the model's rotary embedding at each row's position
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import torch
 
-from ..timing import StageClock
 from .small_batch import SmallBatchInt4Linear, SmallBatchInt8Linear, SmallBatchLinear, library
 
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
@@ -48,7 +48,8 @@ def unsupported_reason(model) -> str | None:
 
 
 class FusedDecoder:
-    """Greedy generation: transformers' prefill, then decode steps of one llm_infer::decoder_layer call per layer."""
+    """transformers' prefill into a cache of its own, then decode steps of one llm_infer::decoder_layer call per
+    layer."""
 
     def __init__(self, model):
         reason = unsupported_reason(model)
@@ -108,26 +109,3 @@ class FusedDecoder:
             torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, lows, key_pool,
                                               value_pool, tables, cos, sin, lens, self.eps)
         return self.model.lm_head(model.norm(hidden))
-
-    @torch.inference_mode()
-    def generate(self, input_ids, attention_mask, max_new_tokens: int, clock: StageClock,
-                 keep_first_logits: bool = False, cache_new_tokens: int = 0):
-        """Greedy tokens (batch, max_new_tokens) on the host, timed as the engine's spans (prefill,
-        decode_step[i]); with keep_first_logits also the prefill's last-position logits (float32).
-        The caches hold prompt + max(max_new_tokens, cache_new_tokens) tokens."""
-        room = max(max_new_tokens, cache_new_tokens)
-        tokens, first_logits = [], None
-        with clock.span("prefill"):
-            logits, keys, values, lens, last = self.prefill(input_ids, attention_mask, room)
-            next_ids = logits.float().argmax(dim=-1)
-            tokens.append(next_ids.cpu())
-        if keep_first_logits:
-            first_logits = logits.float().cpu()
-        tables = torch.arange(input_ids.shape[0])[:, None]  # row r's cache is block r of its layer's pool
-        for step in range(1, max_new_tokens):
-            with clock.span(f"decode_step[{step}]"):
-                logits = self.step(next_ids, last + step, keys, values, tables, lens)
-                lens += 1
-                next_ids = logits.float().argmax(dim=-1)
-                tokens.append(next_ids.cpu())
-        return torch.stack(tokens, dim=1), first_logits

@@ -284,7 +284,7 @@ class Built:
     device: str
     build_s: float
     weight_bytes: int  # bytes read per decode step (step_weight_bytes)
-    decoder: StaticDecoder | FusedDecoder | None = None
+    decoder: StaticDecoder | None = None
 
     def generate(self, input_ids, attention_mask, max_new_tokens: int, clock: StageClock,
                  cache_new_tokens: int = 0) -> torch.Tensor:
@@ -364,9 +364,9 @@ def build(name: str, model_name: str, device: str) -> Built:
 
         # Inductor's generated kernels then appear in a trace as operators (a cheap check when not profiling)
         inductor_config.cpp.enable_kernel_profile = True
-    if spec.decoder == "fused":
-        decoder = FusedDecoder(model)
-    elif spec.cache == "static":
+    if spec.decoder == "fused":  # the engine's cpu_decoder: fused (its generate runs the steps through it)
+        model.fused_decoder = FusedDecoder(model)
+    if spec.cache == "static":
         decoder = StaticDecoder(model, spec.compile, spec.freezing)
     elif spec.compile != "none":
         # dynamic=True: one graph for every sequence length, instead of a recompilation per decode step
