@@ -44,6 +44,16 @@ class Int8WeightOnlyLinear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A weight (N, K) in 4-bit groups of `group_size` input channels, asymmetric (min/max of each group):
+    (codes (N, K / group_size, group_size) in 0..15, as float32; lows and scales (N, K / group_size, 1) float32),
+    w ~= low + code * scale."""
+    groups = weight.detach().float().reshape(weight.shape[0], -1, group_size)
+    low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+    scales = (high - low).clamp(min=1e-8) / 15.0
+    return torch.round((groups - low) / scales).clamp(0, 15), low, scales
+
+
 class Int4WeightOnlyLinear(torch.nn.Module):
     """A Linear with 4-bit weights in groups of `group_size` input channels, each group with a scale and a zero:
     w = (q - 8) * scale + zero, q in 0..15 (asymmetric, min/max of the group), activations kept in their dtype.
@@ -58,10 +68,8 @@ class Int4WeightOnlyLinear(torch.nn.Module):
             raise ValueError(f"the int4 kernel needs in_features ({self.in_features}) a multiple of group_size "
                              f"({group_size}) and out_features ({self.out_features}) a multiple of 16")
         self.group_size = group_size
-        groups = linear.weight.detach().float().reshape(self.out_features, -1, group_size)
-        low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
-        scales = (high - low).clamp(min=1e-8) / 15.0
-        codes = torch.round((groups - low) / scales).clamp(0, 15).reshape(self.out_features, -1).to(torch.int32)
+        codes, low, scales = int4_groups(linear.weight, group_size)
+        codes = codes.reshape(self.out_features, -1).to(torch.int32)
         zeros = low + 8 * scales  # the kernel subtracts 8 from each code
         scales_and_zeros = torch.stack([scales.squeeze(-1).t(), zeros.squeeze(-1).t()], dim=-1)
         self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2))

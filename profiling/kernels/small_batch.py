@@ -28,7 +28,7 @@ from torch import nn
 from .build import KernelUnavailable, available, library, unavailable_reason  # noqa: F401 (re-exported)
 from ..prepack import available as prepack_available
 from ..prepack import pack_weight, packed_linear
-from ..quantize import Int8WeightOnlyLinear
+from ..quantize import Int8WeightOnlyLinear, int4_groups
 
 MAX_ROWS = 32  # float32 rows up to which our kernels run (panels; above, oneDNN's GEMM over a packed weight)
 DOT_MAX_ROWS = 4  # without panels (out_features not a multiple of the panel width): the row dot products up to here
@@ -118,10 +118,8 @@ class SmallBatchInt4Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         if self.in_features % self.GROUP:
             raise ValueError(f"int4 weights need in_features ({self.in_features}) a multiple of {self.GROUP}")
-        groups = linear.weight.detach().float().reshape(self.out_features, -1, self.GROUP)
-        low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
-        scales = (high - low).clamp(min=1e-8) / 15.0
-        codes = torch.round((groups - low) / scales).clamp(0, 15).to(torch.uint8)
+        codes, low, scales = int4_groups(linear.weight, self.GROUP)  # quantize.Int4WeightOnlyLinear's own
+        codes = codes.to(torch.uint8)
         packed = codes[..., : self.GROUP // 2] | (codes[..., self.GROUP // 2:] << 4)
         self.register_buffer("codes", packed.reshape(self.out_features, -1).contiguous())
         self.register_buffer("scales", scales.reshape(self.out_features, -1).contiguous())

@@ -318,20 +318,20 @@ def run(settings: dict, measurements_path, meta_path, requests_path, bench_path,
         write_jsonl(spans_tmp, spans)
         for variant, trace_tmp in zip(trace_for, trace_tmps):
             write_chrome_trace(work / f"{variant}.jsonl", trace_tmp)
+        # the paged runs' decode attention (serving/engine/paged_runner.py): kernel, or sdpa where it cannot run
+        paged_attention = paged_attention_for(ServerSettings.paged_attention, run_info.precision.device,
+                                              getattr(torch, run_info.precision.dtype))[0]
         run_info.write_meta(meta_tmp, {
             **notes,
             "timing_method": timing_method(run_info.precision.device) + "; client and servers on one machine",
             "client": "profiling.serving.bench.loadgen (httpx, streaming /v1/completions, perf_counter)",
             "cpu_count": os.cpu_count(),
             "server_threads": server_threads(settings, cfg),
-            # the paged runs' decode attention (serving/engine/paged_runner.py): kernel, or sdpa where it cannot run
-            "paged_attention": paged_attention_for(ServerSettings.paged_attention, run_info.precision.device,
-                                                   getattr(torch, run_info.precision.dtype))[0],
+            "paged_attention": paged_attention,
             # and their steps of decodes alone: our fused C decoder layer where it runs (it needs the attention
             # kernel and our small-batch linears), else transformers' modules
-            "decoder": fused_decoder_runs(ServerSettings.decoder, paged_attention_for(
-                ServerSettings.paged_attention, run_info.precision.device, getattr(torch, run_info.precision.dtype))[0],
-                settings.get("cpu_linears", "small_batch")),
+            "decoder": fused_decoder_runs(ServerSettings.decoder, paged_attention,
+                                          settings.get("cpu_linears", "small_batch")),
             "slo_ttft_s": cfg["slo_ttft_s"], "slo_tpot_s": cfg["slo_tpot_s"],
         })
 
