@@ -54,6 +54,36 @@ def test_the_int8_kernel_uses_one_scale_per_output_channel():
             torch.testing.assert_close(layer(x), F.linear(x, dequantised, linear.bias), rtol=1e-5, atol=1e-5)
 
 
+def q8_0_activations(x: torch.Tensor) -> torch.Tensor:
+    """x rounded as llama.cpp's q8_0 rounds activations: blocks of 32, scale max |x| / 127, 8-bit codes."""
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    codes = torch.round(blocks / torch.where(scale > 0, scale, torch.ones_like(scale)))
+    assert codes.abs().max() <= 127
+    return (codes * scale).reshape(x.shape)
+
+
+@pytest.mark.parametrize("in_features", [96, 576])  # a last block of 32 after the 64-byte chunks; 4 chunks of 128 + 1
+def test_the_w8a8_kernel_is_the_int8_layer_on_q8_0_rounded_activations(in_features):
+    torch.manual_seed(3)
+    linear = nn.Linear(in_features, 40)
+    layer = small_batch.SmallBatchW8A8Linear(linear)
+    int8 = small_batch.SmallBatchInt8Linear(linear)
+    assert torch.equal(layer.weight, int8.weight) and torch.equal(layer.scales, int8.scales)
+    for rows in (1, 3, small_batch.INT8_MAX_ROWS):
+        x = torch.randn(rows, in_features) * torch.linspace(0.01, 3, in_features)  # blocks of unequal ranges
+        x[0, :32] = 0.0  # an all-zero block: scale 0
+        with torch.inference_mode():
+            out = layer(x)
+            torch.testing.assert_close(out, int8(q8_0_activations(x)), rtol=1e-5, atol=1e-5)
+            assert (out - int8(x)).abs().max() > 1e-4  # the activations really are rounded
+    x = torch.randn(small_batch.INT8_MAX_ROWS + 1, in_features)  # above: float32 activations, as the int8 layer
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), int8(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"in_features \(72\) a multiple of 32"):
+        small_batch.SmallBatchW8A8Linear(nn.Linear(72, 8))
+
+
 @pytest.mark.parametrize("in_features", [96, 320])  # 3 groups (the loop's leftover groups), 10 (4 at a time, then 2)
 def test_the_int4_kernel_reads_q4_1_groups_as_the_aten_int4_layer_stores_them(in_features):
     from profiling.quantize import Int4WeightOnlyLinear

@@ -6,21 +6,21 @@ of one block per row (`prefill`; engine.generate calls it, with `cpu_decoder: fu
 step (`step`, which the server's paged runner also calls over its own pool) is then:
 
     h = embedding[token]                        one row per sequence
-    cos, sin = the model's rotary embedding at each row's position
+    cos, sin = the model's rotary embedding at each row's position (rows of a table made once)
     llm_infer::decoder_layer(h, ...)            once per layer: norms, projections, rotary, cache write, attention,
                                                 MLP, residuals (h in place)
-    logits = lm_head(norm(h));  token = argmax
+    logits = lm_head(rms_norm(h));  token = argmax
 
 ~40 operators per step instead of ~1,200 (compiled) or ~4,700 (eager): the host time between kernels nearly goes,
 and the step is the time to stream the weights. For Llama-architecture models (transformers' LlamaForCausalLM and
-relatives with the same layer) whose linear layers are our small-batch ones (float32, int8 or int4 weights): the
+relatives with the same layer) whose linear layers are our small-batch ones (float32, int8, w8a8 or int4 weights): the
 model must have gone through use_small_batch_kernels first.
 """
 from __future__ import annotations
 
 import torch
 
-from .small_batch import SmallBatchInt4Linear, SmallBatchInt8Linear, SmallBatchLinear, library
+from .small_batch import SmallBatchInt4Linear, SmallBatchInt8Linear, SmallBatchLinear, SmallBatchW8A8Linear, library
 
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")  # decoder_layer.c's order
@@ -39,9 +39,10 @@ def unsupported_reason(model) -> str | None:
         return f"the fused decoder layer is a Llama layer with SiLU; this model is {config.model_type}"
     layer = model.model.layers[0]
     kinds = {type(_module(layer, name)) for name in PROJECTIONS}
-    if len(kinds) != 1 or not kinds <= {SmallBatchLinear, SmallBatchInt8Linear, SmallBatchInt4Linear}:
+    if len(kinds) != 1 or not kinds <= {SmallBatchLinear, SmallBatchInt8Linear, SmallBatchW8A8Linear,
+                                        SmallBatchInt4Linear}:
         return ("the fused decoder layer needs every projection on our small-batch kernel "
-                "(float32, int8 or int4 weights)")
+                "(float32, int8, w8a8 or int4 weights)")
     if any(_module(layer, name).bias is not None for name in PROJECTIONS):
         return "the fused decoder layer has no projection biases"
     return None
@@ -60,9 +61,12 @@ class FusedDecoder:
         self.config = model.config
         self.eps = float(self.config.rms_norm_eps)
         self.layers = []
+        self.int8_activations = False  # w8a8: the int8 weights meet x quantised per block of 32
+        self.rotary_table = None  # (cos, sin) at every position (rotary), made at the first step
         for layer in model.model.layers:  # (input norm, post-attention norm, weights, scales, lows): the op's
             linears = [_module(layer, name) for name in PROJECTIONS]
             kind = type(linears[0])
+            self.int8_activations = kind is SmallBatchW8A8Linear
             weights = [linear.codes if kind is SmallBatchInt4Linear else linear.weight for linear in linears]
             if kind is SmallBatchLinear and all(linear._panels is not None for linear in linears):
                 weights = [linear._panels for linear in linears]  # float32: the panel GEMM's layout
@@ -103,9 +107,23 @@ class FusedDecoder:
         (batch, vocab); the pools gain one token per row (the caller then adds 1 to lens)."""
         model = self.model.model
         hidden = model.embed_tokens(token_ids).contiguous()
-        cos, sin = model.rotary_emb(hidden, positions[:, None])
-        cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
+        cos, sin = self.rotary(hidden, positions)
         for (input_norm, post_norm, weights, scales, lows), key_pool, value_pool in zip(self.layers, keys, values):
             torch.ops.llm_infer.decoder_layer(hidden, input_norm, post_norm, weights, scales, lows, key_pool,
-                                              value_pool, tables, cos, sin, lens, self.eps)
-        return self.model.lm_head(model.norm(hidden))
+                                              value_pool, tables, cos, sin, lens, self.eps, self.int8_activations)
+        # the model's final RMSNorm as one operator instead of seven (the same formula)
+        return self.model.lm_head(torch.rms_norm(hidden, hidden.shape[-1:], model.norm.weight, self.eps))
+
+    def rotary(self, hidden: torch.Tensor, positions: torch.Tensor):
+        """cos and sin (rows, head_dim) at each row's position: rows of a table the model's rotary embedding
+        computed once for positions 0 .. max_position_embeddings - 1 (one operator a step instead of ~12), or its
+        own call each step for a RoPE that changes with the length (dynamic)."""
+        rotary = self.model.model.rotary_emb
+        if "dynamic" in str(getattr(rotary, "rope_type", "")):
+            cos, sin = rotary(hidden, positions[:, None])
+            return cos[:, 0].contiguous(), sin[:, 0].contiguous()
+        if self.rotary_table is None or self.rotary_table[0].device != hidden.device:
+            every = torch.arange(self.config.max_position_embeddings, device=hidden.device)[None]
+            cos, sin = rotary(hidden, every)
+            self.rotary_table = (cos[0].contiguous(), sin[0].contiguous())
+        return self.rotary_table[0].index_select(0, positions), self.rotary_table[1].index_select(0, positions)

@@ -9,6 +9,8 @@
 void linear_f32(const float *x, const float *w, const float *bias, float *y, long rows, long n, long k);
 void linear_int8(const float *x, const int8_t *w, const float *scale, const float *bias, float *y, long rows, long n,
                  long k);
+int linear_w8a8(const float *x, const int8_t *w, const float *scale, const float *bias, float *y, long rows, long n,
+                long k);
 int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
                 float *y, long rows, long n, long k);
 int panel_width(void);
@@ -27,6 +29,7 @@ typedef struct {
     const float *scales[7];
     const float *lows[7];
     int panels; /* float32 weights laid out in panels (small_batch_linear.c's panel GEMM), not in rows */
+    int int8_activations; /* int8 weights meet x quantised per block of 32 (linear_w8a8), not float32 x */
 } projections;
 
 int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm, const projections *p,

@@ -1,6 +1,8 @@
 // Our C kernels as torch operators, called by torch's dispatcher without Python:
 //     llm_infer::small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor        (small_batch_linear.c)
 //     llm_infer::small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor
+//     llm_infer::small_batch_linear_w8a8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor
+//         the same int8 weights meeting x quantised to int8 per block of 32 (k a multiple of 32)
 //     llm_infer::small_batch_linear_panels(Tensor x, Tensor panels, Tensor? bias) -> Tensor
 //         float32 weights laid out in panels (n / W, k, W), W = panel_width() (small_batch_linear.c)
 //     llm_infer::small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor
@@ -12,13 +14,14 @@
 //         block_tables (rows, max_blocks) int64; seq_lens (rows) int64; out like query
 //     llm_infer::decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights,
 //                              Tensor[] scales, Tensor[] lows, Tensor(b!) key_pool, Tensor(c!) value_pool,
-//                              Tensor block_tables, Tensor cos, Tensor sin, Tensor lens, float eps) -> ()
+//                              Tensor block_tables, Tensor cos, Tensor sin, Tensor lens, float eps,
+//                              bool int8_activations=False) -> ()
 //         (decoder_layer.c) hidden (rows, hidden) float32, updated in place; weights q, k, v, o, gate, up, down:
 //         float32 (out, in) or panels (out / W, in, W) (scales and lows empty), int8 (out, in) (scales: 7 tensors of
 //         (out) float32, lows empty) or int4 codes (out, in / 2) uint8 (scales and lows: 7 tensors each of
 //         (out, in / 32) float32); pools (num_blocks, block_size, kv_heads, head_dim) float32, block_tables
 //         (rows, max_blocks) int64; cos, sin (rows, head_dim) float32; lens (rows) int64, keys held before this
-//         token
+//         token; int8_activations: int8 weights meet x quantised per block of 32 (small_batch_linear_w8a8)
 // Their shape functions, for torch.compile, are in build.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -61,6 +64,21 @@ static at::Tensor small_batch_linear_int8(const at::Tensor &x, const at::Tensor 
     linear_int8(input.const_data_ptr<float>(), weight.const_data_ptr<int8_t>(), scales.const_data_ptr<float>(),
                 bias ? bias->const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(), input.size(0),
                 weight.size(0), weight.size(1));
+    return out;
+}
+
+static at::Tensor small_batch_linear_w8a8(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &scales,
+                                          const std::optional<at::Tensor> &bias) {
+    check(x, weight, bias, at::kChar);
+    TORCH_CHECK(x.size(1) % 32 == 0, "small_batch_linear_w8a8: x's k (", x.size(1), ") must be a multiple of 32");
+    TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kFloat && scales.numel() == weight.size(0),
+                "small_batch: scales must be n contiguous float32 values");
+    at::Tensor input = x.contiguous();
+    at::Tensor out = at::empty({input.size(0), weight.size(0)}, input.options());
+    int failed = linear_w8a8(input.const_data_ptr<float>(), weight.const_data_ptr<int8_t>(),
+                             scales.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
+                             out.mutable_data_ptr<float>(), input.size(0), weight.size(0), weight.size(1));
+    TORCH_CHECK(failed == 0, "small_batch_linear_w8a8: out of memory for its scratch buffers");
     return out;
 }
 
@@ -142,7 +160,8 @@ static bool float_matrix(const at::Tensor &t, int64_t rows, int64_t cols) {
 static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm, const at::Tensor &post_norm,
                           at::TensorList weights, at::TensorList scales, at::TensorList lows,
                           const at::Tensor &key_pool, const at::Tensor &value_pool, const at::Tensor &block_tables,
-                          const at::Tensor &cos, const at::Tensor &sin, const at::Tensor &lens, double eps) {
+                          const at::Tensor &cos, const at::Tensor &sin, const at::Tensor &lens, double eps,
+                          bool int8_activations) {
     TORCH_CHECK(hidden.dim() == 2 && hidden.is_contiguous() && hidden.scalar_type() == at::kFloat,
                 "decoder_layer: hidden must be a contiguous (rows, hidden) float32 matrix");
     const int64_t rows = hidden.size(0), width = hidden.size(1);
@@ -167,8 +186,11 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
                                   {width, q_width}, {intermediate, width}, {intermediate, width},
                                   {width, intermediate}};
     const at::ScalarType weight_type = int4 ? at::kByte : scales.empty() ? at::kFloat : at::kChar;
+    TORCH_CHECK(!int8_activations || (!int4 && weight_type == at::kChar),
+                "decoder_layer: int8_activations needs int8 weights (scales, no lows)");
     projections p;
     p.panels = panels;
+    p.int8_activations = int8_activations;
     for (int i = 0; i < 7; i++) {
         const int64_t columns = int4 ? shapes[i][1] / 2 : shapes[i][1];  // int4: two codes a byte
         const int64_t per_weight = int4 ? shapes[i][0] * (shapes[i][1] / 32) : shapes[i][0];  // scales' values
@@ -185,7 +207,8 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
                         "decoder_layer: weight ", i, " must be a contiguous (", shapes[i][0], ", ", columns,
                         ") matrix of ", weight_type);
         }
-        TORCH_CHECK(!int4 || shapes[i][1] % 32 == 0, "decoder_layer: int4 weights need inputs in groups of 32");
+        TORCH_CHECK((!int4 && !int8_activations) || shapes[i][1] % 32 == 0,
+                    "decoder_layer: int4 weights and int8 activations need inputs in groups of 32");
         p.weights[i] = weights[i].const_data_ptr();
         p.scales[i] = p.lows[i] = nullptr;
         if (!scales.empty()) {
@@ -225,19 +248,21 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
 TORCH_LIBRARY(llm_infer, m) {
     m.def("small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+    m.def("small_batch_linear_w8a8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_panels(Tensor x, Tensor panels, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor");
     m.def("paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables, "
           "Tensor seq_lens, float scale) -> Tensor");
     m.def("decoder_layer(Tensor(a!) hidden, Tensor input_norm, Tensor post_norm, Tensor[] weights, Tensor[] scales, "
           "Tensor[] lows, Tensor(b!) key_pool, Tensor(c!) value_pool, Tensor block_tables, Tensor cos, Tensor sin, "
-          "Tensor lens, float eps) -> ()");
+          "Tensor lens, float eps, bool int8_activations=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(llm_infer, CPU, m) {
     m.impl("small_batch_linear", &small_batch_linear);
     m.impl("small_batch_linear_int8", &small_batch_linear_int8);
     m.impl("small_batch_linear_int4", &small_batch_linear_int4);
+    m.impl("small_batch_linear_w8a8", &small_batch_linear_w8a8);
     m.impl("small_batch_linear_panels", &small_batch_linear_panels);
     m.impl("paged_decode_attention", &paged_decode_attention);
     m.impl("decoder_layer", &decoder_layer);

@@ -9,10 +9,11 @@ over above MAX_ROWS); with int8 weights and float32 activations (row dot product
     cpu_linears: small_batch     float32 linears: the panel GEMM at <= MAX_ROWS rows, oneDNN packed above
 
 D5's levers also store the weights in int8 (a scale per output channel: SmallBatchInt8Linear) or in int4 (groups of
-32 with a scale and a low, llama.cpp's q4_1 layout: SmallBatchInt4Linear), activations kept in float32.
+32 with a scale and a low, llama.cpp's q4_1 layout: SmallBatchInt4Linear), activations kept in float32; or the int8
+weights meet activations quantised to int8 per block of 32 (llama.cpp q8_0's scheme: SmallBatchW8A8Linear).
 
 The kernels are plain C (small_batch_linear.c), wrapped as the torch operators llm_infer::small_batch_linear,
-_panels, _int8 and _int4 by a few lines of C++ (ops.cpp): torch's dispatcher calls them without Python,
+_panels, _int8, _w8a8 and _int4 by a few lines of C++ (ops.cpp): torch's dispatcher calls them without Python,
 the profiler records them by name with their shapes, and torch.compile calls them from a compiled graph. build.py
 compiles them once per machine and caches them. The kernel sums in another order than torch (vector lanes), so
 results equal F.linear's up to float rounding. Without a compiler, or when the build fails, `unavailable_reason()`
@@ -104,6 +105,26 @@ class SmallBatchInt8Linear(Int8WeightOnlyLinear):
         return out.view(*x.shape[:-1], self.out_features)
 
 
+class SmallBatchW8A8Linear(SmallBatchInt8Linear):
+    """The same int8 weights meeting int8 activations: each row of x quantised per call in blocks of 32 inputs with a
+    float32 scale each (llama.cpp's q8_0 scheme for the activations of its 8-bit dot products), the dot products in
+    8-bit vector lanes (AVX-512 VNNI, or AVX2) at <= INT8_MAX_ROWS rows. Approximate: x is rounded to 8 bits."""
+
+    QBLOCK = 32
+
+    def __init__(self, linear: nn.Linear):
+        if linear.in_features % self.QBLOCK:
+            raise ValueError(f"int8 activations need in_features ({linear.in_features}) a multiple of {self.QBLOCK}")
+        super().__init__(linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] > INT8_MAX_ROWS or x.dtype != torch.float32:
+            return super().forward(x)
+        out = torch.ops.llm_infer.small_batch_linear_w8a8(flat, self.weight, self.scales, self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
 class SmallBatchInt4Linear(nn.Module):
     """4-bit weights in groups of GROUP input channels, each group with a float32 scale and low (w = low + code *
     scale, code 0..15: llama.cpp's q4_1 layout; the same codes, scales and lows as quantize.Int4WeightOnlyLinear),
@@ -140,12 +161,14 @@ class SmallBatchInt4Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-WEIGHT_KINDS = {"float32": SmallBatchLinear, "int8": SmallBatchInt8Linear, "int4": SmallBatchInt4Linear}
+WEIGHT_KINDS = {"float32": SmallBatchLinear, "int8": SmallBatchInt8Linear, "w8a8": SmallBatchW8A8Linear,
+                "int4": SmallBatchInt4Linear}
 
 
 def use_small_batch_kernels(model: nn.Module, weights: str = "float32") -> int:
     """Replace every float32 CPU nn.Linear of `model` (lm_head included) by our kernel's layer for `weights`
-    (WEIGHT_KINDS: float32 SmallBatchLinear, int8 SmallBatchInt8Linear, int4 SmallBatchInt4Linear); in place.
+    (WEIGHT_KINDS: float32 SmallBatchLinear, int8 SmallBatchInt8Linear, w8a8 SmallBatchW8A8Linear, int4
+    SmallBatchInt4Linear); in place.
     Returns how many were replaced; KernelUnavailable when the kernel cannot be built here."""
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"small-batch weights {weights!r}: choose one of {', '.join(WEIGHT_KINDS)}")

@@ -14,6 +14,7 @@
  * w = low + code * scale with code 0..15; codes (n, k / 2) uint8, group g's 16 bytes holding its codes 0-15 in their
  * low halves and 16-31 in their high halves; scales and lows (n, k / GROUP) float32.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <omp.h>
@@ -286,6 +287,146 @@ int linear_int4(const float *x, const uint8_t *codes, const float *scale, const 
             y[i * n + j] = dot_row_int4(x + i * k, xsums + i * groups, groups, codes + j * k / 2, scale + j * groups,
                                         low + j * groups) + (bias ? bias[j] : 0.0f);
     free(xsums);
+    return 0;
+}
+
+/* ---- int8 weights with int8 activations (w8a8) ------------------------------------------------------------------
+ * llama.cpp's q8_0 scheme for the activations of its 8-bit dot products: each row of x is quantised once per call in
+ * blocks of QBLOCK inputs, x[b] ~ xscale[b] * xq[b] with xq int8 and xscale = max |x[b]| / 127; then
+ *
+ *     y[i, j] = scale[j] * sum over blocks b of xscale[i, b] * (integer dot of xq[i, b] and w[j, b])
+ *
+ * The integer dot products run in 8-bit lanes, 4 bytes into each int32 lane: with AVX-512 VNNI one vpdpbusd per
+ * 64 weights (it multiplies unsigned by signed bytes, so w + 128 meets xq and the lane starts at -128 times its four
+ * xq: exact), one conversion to float and one multiply-add by the lanes' block scales; with AVX2 vpmaddubsw meets
+ * |w| with xq carrying w's sign (llama.cpp's trick), then vpmaddwd; elsewhere a plain loop. ~5 vector instructions per
+ * 64 weights, against ~12 to widen int8 weights to float32 (linear_int8 above): the weights' streaming time again.
+ * Layouts as linear_int8's; k a multiple of QBLOCK. Approximate: x is rounded to 8 bits per block. */
+#define QBLOCK 32
+
+/* xq (rows, k) and xscale (rows, k / QBLOCK): x's rows quantised per block */
+static void quantize_blocks(const float *x, long rows, long k, int8_t *xq, float *xscale) {
+    for (long b = 0; b < rows * k / QBLOCK; b++) {
+        const float *xb = x + b * QBLOCK;
+        float amax = 0.0f;
+        for (int t = 0; t < QBLOCK; t++)
+            amax = fabsf(xb[t]) > amax ? fabsf(xb[t]) : amax;
+        const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int t = 0; t < QBLOCK; t++)
+            xq[b * QBLOCK + t] = (int8_t)lrintf(xb[t] * inverse);
+        xscale[b] = d;
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* per row: lanes (k / 4) of the block scale each int32 lane's 4 bytes belong to, and -128 x the sum of those 4 xq */
+static void lane_terms(const int8_t *xq, const float *xscale, long count, float *lane_scale, int32_t *lane_start) {
+    for (long l = 0; l < count / 4; l++) {
+        lane_scale[l] = xscale[l * 4 / QBLOCK];
+        lane_start[l] = -128 * (xq[4 * l] + xq[4 * l + 1] + xq[4 * l + 2] + xq[4 * l + 3]);
+    }
+}
+
+/* 64 weights: float lanes += block scales x (lane start + dot(w + 128, xq)) */
+static inline __m512 w8a8_chunk(const int8_t *w, const int8_t *xq, const float *lane_scale, const int32_t *lane_start,
+                                __m512 acc) {
+    const __m512i unsigned_w = _mm512_xor_si512(_mm512_loadu_si512(w), _mm512_set1_epi8((char)0x80));
+    const __m512i dot = _mm512_dpbusd_epi32(_mm512_loadu_si512(lane_start), unsigned_w, _mm512_loadu_si512(xq));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(lane_scale), acc);
+}
+
+static inline float w8a8_dot(const int8_t *wj, const int8_t *xq, const float *lane_scale, const int32_t *lane_start,
+                             long k) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    long t = 0;
+    for (; t + 128 <= k; t += 128) {
+        a0 = w8a8_chunk(wj + t, xq + t, lane_scale + t / 4, lane_start + t / 4, a0);
+        a1 = w8a8_chunk(wj + t + 64, xq + t + 64, lane_scale + t / 4 + 16, lane_start + t / 4 + 16, a1);
+    }
+    for (; t + 64 <= k; t += 64)
+        a0 = w8a8_chunk(wj + t, xq + t, lane_scale + t / 4, lane_start + t / 4, a0);
+    float a = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; t < k; t += QBLOCK) { /* a last block of 32 */
+        int32_t d = 0;
+        for (int u = 0; u < QBLOCK; u++)
+            d += (int32_t)wj[t + u] * xq[t + u];
+        a += lane_scale[t / 4] * (float)d;
+    }
+    return a;
+}
+#define W8A8_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__)
+/* one block of 32: the float 8 lanes of xscale x dot(w, xq), |w| against xq with w's sign */
+static inline __m256 w8a8_block(const int8_t *w, const int8_t *xq, float xscale, __m256 acc) {
+    const __m256i wv = _mm256_loadu_si256((const __m256i *)w), xv = _mm256_loadu_si256((const __m256i *)xq);
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+    const __m256i dot = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xscale), acc);
+}
+
+static inline float w8a8_dot(const int8_t *wj, const int8_t *xq, const float *xscale, long k) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    long b = 0;
+    for (; b + 2 <= k / QBLOCK; b += 2) {
+        a0 = w8a8_block(wj + b * QBLOCK, xq + b * QBLOCK, xscale[b], a0);
+        a1 = w8a8_block(wj + (b + 1) * QBLOCK, xq + (b + 1) * QBLOCK, xscale[b + 1], a1);
+    }
+    for (; b < k / QBLOCK; b++)
+        a0 = w8a8_block(wj + b * QBLOCK, xq + b * QBLOCK, xscale[b], a0);
+    return VSUM(_mm256_add_ps(a0, a1));
+}
+#else
+static inline float w8a8_dot(const int8_t *wj, const int8_t *xq, const float *xscale, long k) {
+    float a = 0.0f;
+    for (long b = 0; b < k / QBLOCK; b++) {
+        int32_t d = 0;
+        for (int u = 0; u < QBLOCK; u++)
+            d += (int32_t)wj[b * QBLOCK + u] * xq[b * QBLOCK + u];
+        a += xscale[b] * (float)d;
+    }
+    return a;
+}
+#endif
+
+/* y = x @ (w * scale[:, None]).T (+ bias) with x quantised per block as above; k a multiple of QBLOCK. Returns 0, or
+ * -1 when scratch memory could not be allocated. */
+int linear_w8a8(const float *x, const int8_t *w, const float *scale, const float *bias, float *y, long rows, long n,
+                long k) {
+    int8_t *xq = malloc((size_t)(rows * k));
+    float *xscale = malloc(sizeof(float) * (size_t)(rows * k / QBLOCK));
+#ifdef W8A8_VNNI
+    float *lane_scale = malloc(sizeof(float) * (size_t)(rows * k / 4));
+    int32_t *lane_start = malloc(sizeof(int32_t) * (size_t)(rows * k / 4));
+    if (xq == NULL || xscale == NULL || lane_scale == NULL || lane_start == NULL) {
+        free(lane_scale);
+        free(lane_start);
+#else
+    if (xq == NULL || xscale == NULL) {
+#endif
+        free(xq);
+        free(xscale);
+        return -1;
+    }
+    quantize_blocks(x, rows, k, xq, xscale);
+#ifdef W8A8_VNNI
+    lane_terms(xq, xscale, rows * k, lane_scale, lane_start);
+#endif
+    #pragma omp parallel for schedule(static)
+    for (long j = 0; j < n; j++)
+        for (long i = 0; i < rows; i++) {
+#ifdef W8A8_VNNI
+            const float d = w8a8_dot(w + j * k, xq + i * k, lane_scale + i * k / 4, lane_start + i * k / 4, k);
+#else
+            const float d = w8a8_dot(w + j * k, xq + i * k, xscale + i * k / QBLOCK, k);
+#endif
+            y[i * n + j] = d * scale[j] + (bias ? bias[j] : 0.0f);
+        }
+#ifdef W8A8_VNNI
+    free(lane_scale);
+    free(lane_start);
+#endif
+    free(xq);
+    free(xscale);
     return 0;
 }
 

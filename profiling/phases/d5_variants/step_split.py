@@ -84,6 +84,7 @@ LINEAR_INPUTS = {
     "aten::mm": (0, 1, -1), "aten::matmul": (0, 1, -1), "aten::addmm": (1, 2, -1),
     "aten::_weight_int8pack_mm": (0, 1, 0),
     "llm_infer::small_batch_linear": (0, 1, 0), "llm_infer::small_batch_linear_int8": (0, 1, 0),
+    "llm_infer::small_batch_linear_w8a8": (0, 1, 0),
     "llm_infer::small_batch_linear_int4": (0, 1, 0),
     "llm_infer::small_batch_linear_panels": (0, 1, 0),  # panels (n / W, k, W): weight_shape multiplies n / W by W
     "aten::_weight_int4pack_mm_for_cpu": (0, 1, 0), "quantized::int4mm_packed_weight_cpu": (0, 1, 0),

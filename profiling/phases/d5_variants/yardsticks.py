@@ -6,7 +6,7 @@ variants, and the verdicts against them. Reads the experiment's rows and meta.js
                   row with available False and why
     step_p50_s    median over repeats of each repeat's median decode step (one step of all B sequences), seconds;
                   vLLM's step per repeat = (e2e of N tokens - e2e of 1 token) / (N - 1)
-    weight_bits   our variant's weight storage: the N of int<N> in its quant lever, else its dtype's bits
+    weight_bits   our variant's weight storage: the N of int<N> (or w<N>a8) in its quant lever, else its dtype's bits
     agreement     exact: every greedy token equal to the reference's at that batch size; approximate otherwise
     TARGETS       our fastest candidate's decode step / the peer's (at most the bound) at the smallest batch, the
                   candidates: exact or at least 8-bit variants against q8_0, 4-bit ones against q4_1, the engine's
@@ -44,7 +44,7 @@ def weight_bits(described: dict | None) -> float:
     """Bits per stored weight of one variant from its levers (meta.json's variants entry); NaN when unknown."""
     if not described:
         return float("nan")
-    found = re.search(r"int(\d+)", str(described.get("quant", "")))
+    found = re.search(r"(?:int|w)(\d+)", str(described.get("quant", "")))  # int8_..., int4_..., w8a8
     return float(found.group(1)) if found else float(DTYPE_BITS.get(described.get("dtype"), "nan"))
 
 
