@@ -64,7 +64,7 @@ def test_experiment_writes_every_variant_as_rows_or_unavailable(provisioned, mon
     compiled_steps = timed[(timed["variant"] == "compiled") & (timed["metric"] == "decode_step_s")]
     assert set(compiled_steps["batch_size"]) == {1}
     assert meta["notes"]["not_run"] == {"compiled": {"batch_sizes": [2], "reason": d5_experiment.not_run_reason(
-        V.spec_of("compiled"), settings["d5_variants"])}}
+        "compiled", V.spec_of("compiled"), settings["d5_variants"])}}
     match = frame[frame["metric"] == "token_match_ratio"].set_index(["variant", "batch_size"])["value"]
     assert match[("reference", 1)] == 1.0 and match[("sdpa", 1)] == 1.0 and match[("static", 2)] == 1.0
     weights = frame[frame["metric"] == "step_weight_bytes"].set_index("variant")["value"]
@@ -202,3 +202,12 @@ def test_analysis_without_ceilings_says_so(tmp_path):
     findings = json.loads(outputs[2].read_text())
     assert findings["roof_note"]
     assert "no bandwidth roof" in answer(environment(), "d5_variants", findings, "directions")
+
+
+def test_a_variant_named_in_costly_variants_runs_at_costly_batch_sizes_only():
+    cfg = {"batch_sizes": [1, 8, 16], "costly_batch_sizes": [1], "costly_variants": ["sdpa"]}
+    assert d5_experiment.batches_of("sdpa", V.spec_of("sdpa"), cfg) == [1]
+    assert d5_experiment.batches_of("reference", V.spec_of("reference"), cfg) == [1, 8, 16]
+    assert d5_experiment.batches_of("threads_1", V.spec_of("threads_1"), cfg) == [1]
+    assert "costly_variants" in d5_experiment.not_run_reason("sdpa", V.spec_of("sdpa"), cfg)
+    assert "thread scaling" in d5_experiment.not_run_reason("threads_1", V.spec_of("threads_1"), cfg)

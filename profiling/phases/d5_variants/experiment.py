@@ -6,10 +6,10 @@ copies of the request, so there is no padding).
 1. Build: each configured variant (variants.py) is built from the model files; a variant that cannot run here
    (CUDA-only on a CPU, or a build that fails) gets one `unavailable` row and its reason in meta.json, never a
    crash. Building (load + quantise) is `build_s`; the peak memory of build + warm-up is `peak_memory_bytes`.
-2. Warm-up per batch size: untimed generations until the decode steps settle, at least `warmup` (torch.compile
-   compiles here): `warmup_s`, `warmup_calls`. A costly variant runs only at `costly_batch_sizes`: a compiled one
-   (its decode step is compiled anew for each batch size, 30-60 s each on 2 cores) or one on fewer threads;
-   meta.json's `not_run` says so.
+2. Warm-up per batch size: untimed generations of WARMUP_NEW_TOKENS tokens until the decode steps settle, at least
+   `warmup` (torch.compile compiles here): `warmup_s`, `warmup_calls`. A costly variant runs only at
+   `costly_batch_sizes`: a compiled one (its decode step is compiled anew for each batch size, 30-60 s each on 2
+   cores), one on fewer threads, or one named in `costly_variants`; meta.json's `not_run` says so.
 3. Timed rounds per batch size until every variant's median decode step is tight (measure.RepeatPolicy: at least
    the run-wide min_repeats, at most `repeats`); each round runs every variant once, the reference included, in an
    order rotated by one each round, so slow drift of a shared machine falls on all variants alike. Every timed
@@ -72,24 +72,33 @@ def kv_bytes_per_step(config, spec: V.Spec, batch: int, prompt_tokens: int, max_
 
 
 # ---- build and warm up -------------------------------------------------------------------------------------------
-def is_costly(spec: V.Spec) -> bool:
-    """A compiled variant (each batch size compiles its decode step anew) or one on fewer threads."""
-    return spec.compile != "none" or bool(spec.threads)
+WARMUP_NEW_TOKENS = 4  # tokens of a warm-up generation: its first call pays the first-call costs (compilation
+                      # included: a static cache keeps the timed runs' length), its last decode steps show they settled
 
 
-def batches_of(spec: V.Spec, cfg: dict) -> list[int]:
+def is_costly(name: str, spec: V.Spec, cfg: dict) -> bool:
+    """A compiled variant (each batch size compiles its decode step anew), one on fewer threads, or one the config
+    lists in `costly_variants`."""
+    return spec.compile != "none" or bool(spec.threads) or name in cfg.get("costly_variants", [])
+
+
+def batches_of(name: str, spec: V.Spec, cfg: dict) -> list[int]:
     """The batch sizes a variant runs at: all of `batch_sizes`, or for a costly variant those also in
     `costly_batch_sizes`."""
-    if not is_costly(spec):
+    if not is_costly(name, spec, cfg):
         return list(cfg["batch_sizes"])
     return [batch for batch in cfg["batch_sizes"] if batch in cfg["costly_batch_sizes"]]
 
 
-def not_run_reason(spec: V.Spec, cfg: dict) -> str:
+def not_run_reason(name: str, spec: V.Spec, cfg: dict) -> str:
     """Why a costly variant has no row at a batch size outside `costly_batch_sizes`."""
     sizes = ", ".join(str(batch) for batch in cfg["costly_batch_sizes"]) or "none"
-    why = ("each batch size compiles the decode step anew" if spec.compile != "none"
-           else "thread scaling is read at the smallest batch")
+    if spec.compile != "none":
+        why = "each batch size compiles the decode step anew"
+    elif spec.threads:
+        why = "thread scaling is read at the smallest batch"
+    else:
+        why = "listed in costly_variants, to keep the phase short"
     return f"run at batch {sizes} only (costly_batch_sizes): {why}"
 
 
@@ -108,14 +117,15 @@ def build_and_warm(name: str, settings: dict, device: str, inputs: dict, cfg: di
             built = V.build(name, settings["model"], device)
             warm_s, warm_calls = {}, {}
             for batch, (input_ids, attention_mask) in inputs.items():
-                if batch not in batches_of(spec, cfg):
+                if batch not in batches_of(name, spec, cfg):
                     continue
                 sync(device)
                 start = time.perf_counter()
 
                 def call(input_ids=input_ids, attention_mask=attention_mask):
                     clock = StageClock(device)
-                    built.generate(input_ids, attention_mask, cfg["max_new_tokens"], clock)
+                    built.generate(input_ids, attention_mask, min(WARMUP_NEW_TOKENS, cfg["max_new_tokens"]), clock,
+                                   cache_new_tokens=cfg["max_new_tokens"])
                     return clock
 
                 warm_calls[batch] = policy.warm_up(call)
@@ -229,10 +239,10 @@ def run(settings: dict, measurements_path, meta_path, trace_paths: list) -> None
     for batch, (input_ids, attention_mask) in inputs.items():
         knobs = {"batch_size": batch, "prompt_tokens": prompt_tokens, "max_new_tokens": cfg["max_new_tokens"],
                  "traced": 0}
-        here = {name: variant for name, variant in built.items() if batch in batches_of(variant.spec, cfg)}
+        here = {name: variant for name, variant in built.items() if batch in batches_of(name, variant.spec, cfg)}
         for name, variant in built.items():
             if name not in here:
-                reason = not_run_reason(variant.spec, cfg)
+                reason = not_run_reason(name, variant.spec, cfg)
                 not_run.setdefault(name, {"batch_sizes": [], "reason": reason})["batch_sizes"].append(batch)
         first_tokens = timed_rounds(here, batch, input_ids, attention_mask, cfg, device, rows, energy, knobs, policy)
         record_agreement(here, first_tokens, input_ids, attention_mask, rows, {"batch_size": batch})

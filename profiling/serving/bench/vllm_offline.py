@@ -6,7 +6,8 @@ every sequence generates exactly --output-tokens tokens (greedy, ignore_eos). On
 (torch.compile) or, with --enforce-eager, eager. Times are seconds (perf_counter):
 
     startup_s       building LLM(...) (loading, and in the default mode compiling)
-    warmup_s        the first generate call (batch 1, all output tokens), untimed otherwise
+    warmup_s        the first generate call (batch 1, all output tokens), untimed otherwise; then one untimed call
+                    of up to 8 tokens at each batch size
     per batch size B, each repeat: one call with max_tokens = 1 (prefill_s: the prompts' prefill + first token),
     then one with N = --output-tokens (e2e_s); decode_step_s = (e2e_s - prefill_s) / (N - 1), one decode step
     for all B sequences; output_tok_per_s = B x N / e2e_s (end to end, prefill included)
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
     warmup_s, _ = timed(1, args.output_tokens)
     results = []
     for size in batch_sizes:
-        timed(size, args.output_tokens)  # warm-up at this batch size
+        timed(size, min(args.output_tokens, 8))  # warm-up at this batch size (its first-call costs)
         repeats, tokens = [], None
         for _ in range(max(args.repeats, 1)):
             prefill_s, _ = timed(size, 1)
