@@ -23,9 +23,9 @@ def test_the_fused_variants_give_the_tokens_of_their_unfused_twins(tiny_inputs):
                        generate("int4wo_small_batch_sdpa", tiny_inputs, 8))
 
 
-def test_the_w8a8_variant_is_its_int8_twin_on_q8_0_rounded_activations(tiny_inputs):  # noqa: F811
-    """One fused layer step with int8 activations equals the same step by the int8 twin fed x rounded as q8_0 rounds
-    it; the generated tokens (approximate) mostly match the int8 variant's."""
+def test_the_int8_activation_variants_are_their_twins_on_q8_0_rounded_activations(tiny_inputs):  # noqa: F811
+    """w8a8 and w4a8 layers equal their int8 and int4 twins fed x rounded as q8_0 rounds it, in the same storage;
+    the generated tokens (approximate) mostly match the int8 variant's."""
     from tests.test_small_batch import q8_0_activations
 
     w8a8 = V.build("w8a8_small_batch_fused", "tiny-random", "cpu")
@@ -36,6 +36,12 @@ def test_the_w8a8_variant_is_its_int8_twin_on_q8_0_rounded_activations(tiny_inpu
     x = torch.randn(2, lm_w8a8.in_features)
     with torch.inference_mode():
         torch.testing.assert_close(lm_w8a8(x), lm_int8(q8_0_activations(x)), rtol=1e-5, atol=1e-5)
+    w4a8 = V.build("w4a8_small_batch_fused", "tiny-random", "cpu")
+    int4 = V.build("int4wo_small_batch_fused", "tiny-random", "cpu")
+    assert w4a8.model.fused_decoder.int8_activations and w4a8.weight_bytes == int4.weight_bytes
+    with torch.inference_mode():
+        torch.testing.assert_close(w4a8.model.lm_head(x), int4.model.lm_head(q8_0_activations(x)), rtol=1e-5,
+                                   atol=1e-5)
     tokens = generate("w8a8_small_batch_fused", tiny_inputs, 8)
     assert tokens.shape == (tiny_inputs[0].shape[0], 8)
     assert (tokens == generate("int8wo_small_batch_fused", tiny_inputs, 8)).float().mean() >= 0.5
@@ -99,7 +105,8 @@ def test_a_full_cache_and_a_wrong_weight_are_refused_by_name(tiny_inputs):  # no
                                           torch.tensor([0]), fused.eps)
 
 
-@pytest.mark.parametrize("variant", ["int8wo_small_batch_fused", "w8a8_small_batch_fused", "int4wo_small_batch_fused"])
+@pytest.mark.parametrize("variant", ["int8wo_small_batch_fused", "w8a8_small_batch_fused", "int4wo_small_batch_fused",
+                                     "w4a8_small_batch_fused"])
 def test_a_traced_fused_step_is_the_fused_part_with_its_weight_bytes(tiny_inputs, tmp_path, variant):  # noqa: F811
     from torch.profiler import profile
 

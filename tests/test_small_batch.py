@@ -84,6 +84,21 @@ def test_the_w8a8_kernel_is_the_int8_layer_on_q8_0_rounded_activations(in_featur
         small_batch.SmallBatchW8A8Linear(nn.Linear(72, 8))
 
 
+@pytest.mark.parametrize("in_features", [96, 320])  # 3 groups (one left after pairs), 10
+def test_the_w4a8_kernel_is_the_int4_layer_on_q8_0_rounded_activations(in_features):
+    torch.manual_seed(4)
+    linear = nn.Linear(in_features, 24)
+    layer, int4 = small_batch.SmallBatchW4A8Linear(linear), small_batch.SmallBatchInt4Linear(linear)
+    assert torch.equal(layer.codes, int4.codes)
+    for rows in (1, 3, 17):
+        x = torch.randn(rows, in_features) * torch.linspace(0.01, 3, in_features)
+        x[0, 32:64] = 0.0
+        with torch.inference_mode():
+            out = layer(x)
+            torch.testing.assert_close(out, int4(q8_0_activations(x)), rtol=1e-5, atol=1e-5)
+            assert (out - int4(x)).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("in_features", [96, 320])  # 3 groups (the loop's leftover groups), 10 (4 at a time, then 2)
 def test_the_int4_kernel_reads_q4_1_groups_as_the_aten_int4_layer_stores_them(in_features):
     from profiling.quantize import Int4WeightOnlyLinear

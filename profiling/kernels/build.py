@@ -127,7 +127,8 @@ def library() -> ctypes.CDLL:
         handle = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as error:
         raise KernelUnavailable(f"{type(error).__name__}: {error}") from error
-    for name in ("small_batch_linear", "small_batch_linear_int8", "small_batch_linear_w8a8", "small_batch_linear_int4"):
+    for name in ("small_batch_linear", "small_batch_linear_int8", "small_batch_linear_w8a8", "small_batch_linear_int4",
+                 "small_batch_linear_w4a8"):
         torch.library.register_fake(f"llm_infer::{name}")(_linear_shape)
     torch.library.register_fake("llm_infer::small_batch_linear_panels")(_panels_shape)
     torch.library.register_fake("llm_infer::paged_decode_attention")(_attention_shape)

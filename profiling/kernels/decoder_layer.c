@@ -16,7 +16,7 @@
  *
  * Layouts (row-major, contiguous, float32 unless said): h (rows, hidden), updated in place; weights (out, in) float32,
  * int8 with one float32 scale per output (scales != NULL; with int8_activations x is quantised per block of 32 for
- * each projection, linear_w8a8), or int4 codes (out, in / 2) with a scale and a low per
+ * each projection, linear_w8a8), or int4 (with int8_activations linear_w4a8) codes (out, in / 2) with a scale and a low per
  * group of 32 inputs (lows != NULL; small_batch_linear.c's layout), or float32 panels (n / W, in, W); the key and
  * value pools (num_blocks, block_size, kv_heads, head_dim), tables (rows, max_blocks) int64 the block ids of each
  * row in token order (paged_attention.c's layout); cos and sin (rows, head_dim), the rotary factors of each row's
@@ -29,8 +29,10 @@
 
 #include "kernels.h"
 
-/* y = x @ w_i.T; 0, or -1 when the int4 or w8a8 kernel's scratch memory could not be allocated */
+/* y = x @ w_i.T; 0, or -1 when the int4, w8a8 or w4a8 kernel's scratch memory could not be allocated */
 static int project(const projections *p, int i, const float *x, float *y, long rows, long n, long k) {
+    if (p->lows[i] && p->int8_activations)
+        return linear_w4a8(x, (const uint8_t *)p->weights[i], p->scales[i], p->lows[i], NULL, y, rows, n, k);
     if (p->lows[i])
         return linear_int4(x, (const uint8_t *)p->weights[i], p->scales[i], p->lows[i], NULL, y, rows, n, k);
     if (p->scales[i] && p->int8_activations)

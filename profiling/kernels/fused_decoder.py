@@ -13,14 +13,15 @@ step (`step`, which the server's paged runner also calls over its own pool) is t
 
 ~40 operators per step instead of ~1,200 (compiled) or ~4,700 (eager): the host time between kernels nearly goes,
 and the step is the time to stream the weights. For Llama-architecture models (transformers' LlamaForCausalLM and
-relatives with the same layer) whose linear layers are our small-batch ones (float32, int8, w8a8 or int4 weights): the
+relatives with the same layer) whose linear layers are our small-batch ones (float32, int8 or int4 weights; w8a8, w4a8): the
 model must have gone through use_small_batch_kernels first.
 """
 from __future__ import annotations
 
 import torch
 
-from .small_batch import SmallBatchInt4Linear, SmallBatchInt8Linear, SmallBatchLinear, SmallBatchW8A8Linear, library
+from .small_batch import (SmallBatchInt4Linear, SmallBatchInt8Linear, SmallBatchLinear, SmallBatchW4A8Linear,
+                          SmallBatchW8A8Linear, library)
 
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")  # decoder_layer.c's order
@@ -40,9 +41,9 @@ def unsupported_reason(model) -> str | None:
     layer = model.model.layers[0]
     kinds = {type(_module(layer, name)) for name in PROJECTIONS}
     if len(kinds) != 1 or not kinds <= {SmallBatchLinear, SmallBatchInt8Linear, SmallBatchW8A8Linear,
-                                        SmallBatchInt4Linear}:
+                                        SmallBatchInt4Linear, SmallBatchW4A8Linear}:
         return ("the fused decoder layer needs every projection on our small-batch kernel "
-                "(float32, int8, w8a8 or int4 weights)")
+                "(float32, int8 or int4 weights, w8a8 or w4a8)")
     if any(_module(layer, name).bias is not None for name in PROJECTIONS):
         return "the fused decoder layer has no projection biases"
     return None
@@ -61,17 +62,18 @@ class FusedDecoder:
         self.config = model.config
         self.eps = float(self.config.rms_norm_eps)
         self.layers = []
-        self.int8_activations = False  # w8a8: the int8 weights meet x quantised per block of 32
+        self.int8_activations = False  # w8a8, w4a8: the weights meet x quantised per block of 32
         self.rotary_table = None  # (cos, sin) at every position (rotary), made at the first step
         for layer in model.model.layers:  # (input norm, post-attention norm, weights, scales, lows): the op's
             linears = [_module(layer, name) for name in PROJECTIONS]
             kind = type(linears[0])
-            self.int8_activations = kind is SmallBatchW8A8Linear
-            weights = [linear.codes if kind is SmallBatchInt4Linear else linear.weight for linear in linears]
+            self.int8_activations = kind in (SmallBatchW8A8Linear, SmallBatchW4A8Linear)
+            int4 = issubclass(kind, SmallBatchInt4Linear)
+            weights = [linear.codes if int4 else linear.weight for linear in linears]
             if kind is SmallBatchLinear and all(linear._panels is not None for linear in linears):
                 weights = [linear._panels for linear in linears]  # float32: the panel GEMM's layout
             scales = [linear.scales for linear in linears] if kind is not SmallBatchLinear else []
-            lows = [linear.lows for linear in linears] if kind is SmallBatchInt4Linear else []
+            lows = [linear.lows for linear in linears] if int4 else []
             self.layers.append((layer.input_layernorm.weight, layer.post_attention_layernorm.weight, weights, scales,
                                 lows))
 

@@ -13,6 +13,8 @@ int linear_w8a8(const float *x, const int8_t *w, const float *scale, const float
                 long k);
 int linear_int4(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
                 float *y, long rows, long n, long k);
+int linear_w4a8(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
+                float *y, long rows, long n, long k);
 int panel_width(void);
 void linear_f32_panels(const float *x, const float *panels, const float *bias, float *y, long rows, long n, long k);
 int kernel_threads(void);
@@ -29,7 +31,7 @@ typedef struct {
     const float *scales[7];
     const float *lows[7];
     int panels; /* float32 weights laid out in panels (small_batch_linear.c's panel GEMM), not in rows */
-    int int8_activations; /* int8 weights meet x quantised per block of 32 (linear_w8a8), not float32 x */
+    int int8_activations; /* int8 or int4 weights meet x quantised per block of 32 (linear_w8a8, linear_w4a8) */
 } projections;
 
 int decoder_layer_f32(float *h, const float *input_norm, const float *post_norm, const projections *p,

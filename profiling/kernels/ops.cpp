@@ -8,6 +8,8 @@
 //     llm_infer::small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor
 //         x (rows, k) float32; weight (n, k) float32 or int8; scales (n) float32; bias (n) float32; out (rows, n);
 //         int4: codes (n, k / 2) uint8, scales and lows (n, k / 32) float32 (small_batch_linear.c's layout)
+//     llm_infer::small_batch_linear_w4a8(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor
+//         the same int4 weights meeting x quantised to int8 per block of 32
 //     llm_infer::paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables,
 //                                       Tensor seq_lens, float scale) -> Tensor                 (paged_attention.c)
 //         query (rows, heads, head_dim) float32; pools (blocks, block_size, kv_heads, head_dim) float32;
@@ -21,7 +23,8 @@
 //         (out) float32, lows empty) or int4 codes (out, in / 2) uint8 (scales and lows: 7 tensors each of
 //         (out, in / 32) float32); pools (num_blocks, block_size, kv_heads, head_dim) float32, block_tables
 //         (rows, max_blocks) int64; cos, sin (rows, head_dim) float32; lens (rows) int64, keys held before this
-//         token; int8_activations: int8 weights meet x quantised per block of 32 (small_batch_linear_w8a8)
+//         token; int8_activations: int8 or int4 weights meet x quantised per block of 32 (small_batch_linear_w8a8,
+//         _w4a8)
 // Their shape functions, for torch.compile, are in build.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -101,19 +104,25 @@ static at::Tensor small_batch_linear_panels(const at::Tensor &x, const at::Tenso
     return out;
 }
 
-static at::Tensor small_batch_linear_int4(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
-                                          const at::Tensor &lows, const std::optional<at::Tensor> &bias) {
+static void check_int4(const char *op, const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
+                       const at::Tensor &lows, const std::optional<at::Tensor> &bias) {
     TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.size(1) % 32 == 0,
-                "small_batch_linear_int4: x must be a (rows, k) float32 matrix, k a multiple of 32");
+                op, ": x must be a (rows, k) float32 matrix, k a multiple of 32");
     const int64_t n = codes.size(0), groups = x.size(1) / 32;
     TORCH_CHECK(codes.dim() == 2 && codes.is_contiguous() && codes.scalar_type() == at::kByte &&
-                codes.size(1) * 2 == x.size(1), "small_batch_linear_int4: codes must be a contiguous (n, k / 2) uint8 "
+                codes.size(1) * 2 == x.size(1), op, ": codes must be a contiguous (n, k / 2) uint8 "
                 "matrix");
     for (const at::Tensor *t : {&scales, &lows})
         TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->numel() == n * groups,
-                    "small_batch_linear_int4: scales and lows must be contiguous (n, k / 32) float32");
+                    op, ": scales and lows must be contiguous (n, k / 32) float32");
     TORCH_CHECK(!bias || (bias->is_contiguous() && bias->scalar_type() == at::kFloat && bias->numel() == n),
-                "small_batch_linear_int4: bias must be n contiguous float32 values");
+                op, ": bias must be n contiguous float32 values");
+}
+
+static at::Tensor small_batch_linear_int4(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
+                                          const at::Tensor &lows, const std::optional<at::Tensor> &bias) {
+    check_int4("small_batch_linear_int4", x, codes, scales, lows, bias);
+    const int64_t n = codes.size(0);
     at::Tensor input = x.contiguous();
     at::Tensor out = at::empty({input.size(0), n}, input.options());
     int failed = linear_int4(input.const_data_ptr<float>(), codes.const_data_ptr<uint8_t>(),
@@ -121,6 +130,19 @@ static at::Tensor small_batch_linear_int4(const at::Tensor &x, const at::Tensor 
                              bias ? bias->const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
                              input.size(0), n, input.size(1));
     TORCH_CHECK(failed == 0, "small_batch_linear_int4: out of memory for its scratch buffer");
+    return out;
+}
+
+static at::Tensor small_batch_linear_w4a8(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
+                                          const at::Tensor &lows, const std::optional<at::Tensor> &bias) {
+    check_int4("small_batch_linear_w4a8", x, codes, scales, lows, bias);
+    at::Tensor input = x.contiguous();
+    at::Tensor out = at::empty({input.size(0), codes.size(0)}, input.options());
+    int failed = linear_w4a8(input.const_data_ptr<float>(), codes.const_data_ptr<uint8_t>(),
+                             scales.const_data_ptr<float>(), lows.const_data_ptr<float>(),
+                             bias ? bias->const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
+                             input.size(0), codes.size(0), input.size(1));
+    TORCH_CHECK(failed == 0, "small_batch_linear_w4a8: out of memory for its scratch buffers");
     return out;
 }
 
@@ -186,8 +208,8 @@ static void decoder_layer(const at::Tensor &hidden, const at::Tensor &input_norm
                                   {width, q_width}, {intermediate, width}, {intermediate, width},
                                   {width, intermediate}};
     const at::ScalarType weight_type = int4 ? at::kByte : scales.empty() ? at::kFloat : at::kChar;
-    TORCH_CHECK(!int8_activations || (!int4 && weight_type == at::kChar),
-                "decoder_layer: int8_activations needs int8 weights (scales, no lows)");
+    TORCH_CHECK(!int8_activations || int4 || weight_type == at::kChar,
+                "decoder_layer: int8_activations needs int8 or int4 weights (scales)");
     projections p;
     p.panels = panels;
     p.int8_activations = int8_activations;
@@ -249,6 +271,7 @@ TORCH_LIBRARY(llm_infer, m) {
     m.def("small_batch_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_w8a8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+    m.def("small_batch_linear_w4a8(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_panels(Tensor x, Tensor panels, Tensor? bias) -> Tensor");
     m.def("small_batch_linear_int4(Tensor x, Tensor codes, Tensor scales, Tensor lows, Tensor? bias) -> Tensor");
     m.def("paged_decode_attention(Tensor query, Tensor key_pool, Tensor value_pool, Tensor block_tables, "
@@ -263,6 +286,7 @@ TORCH_LIBRARY_IMPL(llm_infer, CPU, m) {
     m.impl("small_batch_linear_int8", &small_batch_linear_int8);
     m.impl("small_batch_linear_int4", &small_batch_linear_int4);
     m.impl("small_batch_linear_w8a8", &small_batch_linear_w8a8);
+    m.impl("small_batch_linear_w4a8", &small_batch_linear_w4a8);
     m.impl("small_batch_linear_panels", &small_batch_linear_panels);
     m.impl("paged_decode_attention", &paged_decode_attention);
     m.impl("decoder_layer", &decoder_layer);

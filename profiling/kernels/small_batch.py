@@ -10,10 +10,11 @@ over above MAX_ROWS); with int8 weights and float32 activations (row dot product
 
 D5's levers also store the weights in int8 (a scale per output channel: SmallBatchInt8Linear) or in int4 (groups of
 32 with a scale and a low, llama.cpp's q4_1 layout: SmallBatchInt4Linear), activations kept in float32; or the int8
-weights meet activations quantised to int8 per block of 32 (llama.cpp q8_0's scheme: SmallBatchW8A8Linear).
+weights meet activations quantised to int8 per block of 32 (llama.cpp q8_0's scheme: SmallBatchW8A8Linear), and so
+may the int4 ones (q4_1 x q8_1's: SmallBatchW4A8Linear).
 
 The kernels are plain C (small_batch_linear.c), wrapped as the torch operators llm_infer::small_batch_linear,
-_panels, _int8, _w8a8 and _int4 by a few lines of C++ (ops.cpp): torch's dispatcher calls them without Python,
+_panels, _int8, _w8a8, _int4 and _w4a8 by a few lines of C++ (ops.cpp): torch's dispatcher calls them without Python,
 the profiler records them by name with their shapes, and torch.compile calls them from a compiled graph. build.py
 compiles them once per machine and caches them. The kernel sums in another order than torch (vector lanes), so
 results equal F.linear's up to float rounding. Without a compiler, or when the build fails, `unavailable_reason()`
@@ -161,14 +162,25 @@ class SmallBatchInt4Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+class SmallBatchW4A8Linear(SmallBatchInt4Linear):
+    """The same int4 weights meeting int8 activations: each row of x quantised per call in blocks of 32 inputs (the
+    weights' groups) with a float32 scale each, as llama.cpp's q4_1 x q8_1 dot products do; the codes meet them in
+    8-bit vector lanes (AVX-512 VNNI, or AVX2). Approximate: x is rounded to 8 bits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float()
+        out = torch.ops.llm_infer.small_batch_linear_w4a8(flat, self.codes, self.scales, self.lows, self.bias)
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
 WEIGHT_KINDS = {"float32": SmallBatchLinear, "int8": SmallBatchInt8Linear, "w8a8": SmallBatchW8A8Linear,
-                "int4": SmallBatchInt4Linear}
+                "int4": SmallBatchInt4Linear, "w4a8": SmallBatchW4A8Linear}
 
 
 def use_small_batch_kernels(model: nn.Module, weights: str = "float32") -> int:
     """Replace every float32 CPU nn.Linear of `model` (lm_head included) by our kernel's layer for `weights`
     (WEIGHT_KINDS: float32 SmallBatchLinear, int8 SmallBatchInt8Linear, w8a8 SmallBatchW8A8Linear, int4
-    SmallBatchInt4Linear); in place.
+    SmallBatchInt4Linear, w4a8 SmallBatchW4A8Linear); in place.
     Returns how many were replaced; KernelUnavailable when the kernel cannot be built here."""
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"small-batch weights {weights!r}: choose one of {', '.join(WEIGHT_KINDS)}")

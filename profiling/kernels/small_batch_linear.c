@@ -430,5 +430,97 @@ int linear_w8a8(const float *x, const int8_t *w, const float *scale, const float
     return 0;
 }
 
+/* ---- int4 weights with int8 activations (w4a8) ------------------------------------------------------------------
+ * llama.cpp's q4_1 x q8_1 dot products: x's rows quantised per block of 32 as above (xq, xscale; the weights' groups
+ * are the same 32 inputs), each block's sum xsum = xscale * sum(xq) kept; then
+ *
+ *     y[i, j] = sum over groups g of scale[j, g] * xscale[i, g] * dot(codes[j, g], xq[i, g]) + low[j, g] * xsum[i, g]
+ *
+ * The codes (0..15) are unsigned bytes as they are: unpacked from their halves into 32 bytes in x's order, they meet
+ * xq in 8-bit lanes (vpdpbusd with AVX-512 VNNI, else vpmaddubsw + vpmaddwd with AVX2), one conversion to float and
+ * one multiply-add per group. Layouts as linear_int4's. Approximate: x is rounded to 8 bits per block. */
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum256(__m256 a) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(half, _mm_movehdup_ps(half)));
+}
+
+/* acc += c * dot(codes of one group, its 32 xq) in 8 float lanes */
+static inline __m256 w4a8_group(const uint8_t *codes, const int8_t *xq, float c, __m256 acc) {
+    const __m128i packed = _mm_loadu_si128((const __m128i *)codes), mask = _mm_set1_epi8(15);
+    const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+    const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
+#else
+    const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+#endif
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(c), acc);
+}
+
+static inline float w4a8_dot(const uint8_t *codes, const float *scale, const int8_t *xq, const float *xscale,
+                             long groups) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    long g = 0;
+    for (; g + 2 <= groups; g += 2) {
+        a0 = w4a8_group(codes + g * GROUP / 2, xq + g * GROUP, scale[g] * xscale[g], a0);
+        a1 = w4a8_group(codes + (g + 1) * GROUP / 2, xq + (g + 1) * GROUP, scale[g + 1] * xscale[g + 1], a1);
+    }
+    if (g < groups)
+        a0 = w4a8_group(codes + g * GROUP / 2, xq + g * GROUP, scale[g] * xscale[g], a0);
+    return hsum256(_mm256_add_ps(a0, a1));
+}
+#else
+static inline float w4a8_dot(const uint8_t *codes, const float *scale, const int8_t *xq, const float *xscale,
+                             long groups) {
+    float a = 0.0f;
+    for (long g = 0; g < groups; g++) {
+        int32_t d = 0;
+        for (int b = 0; b < GROUP / 2; b++)
+            d += (codes[g * GROUP / 2 + b] & 15) * xq[g * GROUP + b] +
+                 (codes[g * GROUP / 2 + b] >> 4) * xq[g * GROUP + b + GROUP / 2];
+        a += scale[g] * xscale[g] * (float)d;
+    }
+    return a;
+}
+#endif
+
+/* y = x @ w.T (+ bias), w int4 as linear_int4's, x quantised per block as above; k a multiple of GROUP. Returns 0,
+ * or -1 when scratch memory could not be allocated. */
+int linear_w4a8(const float *x, const uint8_t *codes, const float *scale, const float *low, const float *bias,
+                float *y, long rows, long n, long k) {
+    const long groups = k / GROUP;
+    int8_t *xq = malloc((size_t)(rows * k));
+    float *xscale = malloc(sizeof(float) * (size_t)(rows * groups)), *xsum = malloc(sizeof(float) * (size_t)(rows * groups));
+    if (xq == NULL || xscale == NULL || xsum == NULL) {
+        free(xq);
+        free(xscale);
+        free(xsum);
+        return -1;
+    }
+    quantize_blocks(x, rows, k, xq, xscale);
+    for (long b = 0; b < rows * groups; b++) {
+        int32_t sum = 0;
+        for (int t = 0; t < GROUP; t++)
+            sum += xq[b * GROUP + t];
+        xsum[b] = xscale[b] * (float)sum;
+    }
+    #pragma omp parallel for schedule(static)
+    for (long j = 0; j < n; j++)
+        for (long i = 0; i < rows; i++) {
+            const float *lj = low + j * groups, *si = xsum + i * groups;
+            float lows = 0.0f;
+            for (long g = 0; g < groups; g++)
+                lows += lj[g] * si[g];
+            y[i * n + j] = w4a8_dot(codes + j * k / 2, scale + j * groups, xq + i * k, xscale + i * groups, groups) +
+                           lows + (bias ? bias[j] : 0.0f);
+        }
+    free(xq);
+    free(xscale);
+    free(xsum);
+    return 0;
+}
+
 /* the threads a parallel loop above uses (torch.set_num_threads sets it: one OpenMP runtime) */
 int kernel_threads(void) { return omp_get_max_threads(); }

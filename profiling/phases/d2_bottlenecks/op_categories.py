@@ -37,11 +37,11 @@ CATEGORIES = ["linear", "attention", "norm", "activation", "rotary", "embedding"
               "kv_cache", "other"]
 CATEGORY_LABELS = {"kv_cache": "KV concatenation/copy"}
 
-# mkldnn::_linear_pointwise: prepack.py; llm_infer::small_batch_linear(_panels, _int8, _w8a8, _int4): our C kernels
+# mkldnn::_linear_pointwise: prepack.py; llm_infer::small_batch_linear(_panels, _int8, _w8a8, _int4, _w4a8): our kernels
 # (kernels/small_batch.py)
 LINEAR_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm", "_linear_pointwise", "small_batch_linear",
               "small_batch_linear_int8", "small_batch_linear_w8a8", "small_batch_linear_int4",
-              "small_batch_linear_panels"}
+              "small_batch_linear_w4a8", "small_batch_linear_panels"}
 ATTENTION_OPS = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                  "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward",

@@ -75,7 +75,8 @@ FUSED_PARTS = [
 
 QUANTISED_LINEARS = {"aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
                      "quantized::int4mm_packed_weight_cpu", "quantized::linear_dynamic",
-                     "llm_infer::small_batch_linear_int4"}  # packed weights: told apart by their traced shape
+                     "llm_infer::small_batch_linear_int4", "llm_infer::small_batch_linear_w4a8"}  # packed weights:
+                                                                # told apart by their traced shape
 
 # A linear call's inputs: (position of the activation, position of the weight, the weight's axis of output
 # features); None: the trace records no shape for the weight (a packed torch.ao object)
@@ -85,7 +86,7 @@ LINEAR_INPUTS = {
     "aten::_weight_int8pack_mm": (0, 1, 0),
     "llm_infer::small_batch_linear": (0, 1, 0), "llm_infer::small_batch_linear_int8": (0, 1, 0),
     "llm_infer::small_batch_linear_w8a8": (0, 1, 0),
-    "llm_infer::small_batch_linear_int4": (0, 1, 0),
+    "llm_infer::small_batch_linear_int4": (0, 1, 0), "llm_infer::small_batch_linear_w4a8": (0, 1, 0),
     "llm_infer::small_batch_linear_panels": (0, 1, 0),  # panels (n / W, k, W): weight_shape multiplies n / W by W
     "aten::_weight_int4pack_mm_for_cpu": (0, 1, 0), "quantized::int4mm_packed_weight_cpu": (0, 1, 0),
     "quantized::linear_dynamic": (0, None, None),

@@ -5,7 +5,7 @@ physical cores. A variant changes one or more levers (a `Spec`):
 
     attn      eager | sdpa                          attention kernel (transformers' attn_implementation)
     dtype     float32 | bfloat16 | float16          weights and activations (float16: CUDA only)
-    quant     none | int8_dynamic | int8_weight_only | w8a8 | int4_weight_only
+    quant     none | int8_dynamic | int8_weight_only | w8a8 | int4_weight_only | w4a8
               int8_dynamic      torch.ao dynamic quantisation of every nn.Linear (int8 weights, one scale per
                                 tensor; activations quantised per call); CPU only
               int8_weight_only  int8 weights with one scale per output channel, activations kept in `dtype`
@@ -15,6 +15,9 @@ physical cores. A variant changes one or more levers (a `Spec`):
                                 8-bit dot products): approximate; small_batch linears only
               int4_weight_only  4-bit weights, a scale and a zero per `group_size` input channels (llama.cpp's
                                 q4_1 layout at 32), activations in `dtype` (aten._weight_int4pack_mm_for_cpu); CPU
+              w4a8              int4 weights in q4_1's groups (as int4_weight_only with small_batch), meeting
+                                activations quantised to int8 per block of 32 (llama.cpp's q4_1 x q8_1 dot
+                                products): approximate; small_batch linears only
     group_size 32                                   int4 only: input channels per scale and zero
     linears   aten | prepacked | small_batch        float linears by F.linear, packed once for oneDNN
                                                     (profiling/prepack.py; CPU only), or our C kernels at 1
@@ -114,6 +117,8 @@ CATALOG: dict[str, Spec] = {
     "w8a8_small_batch_fused": Spec(attn="sdpa", quant="w8a8", linears="small_batch", decoder="fused"),
     "int4wo_small_batch_sdpa": Spec(attn="sdpa", quant="int4_weight_only", linears="small_batch"),
     "int4wo_small_batch_fused": Spec(attn="sdpa", quant="int4_weight_only", linears="small_batch", decoder="fused"),
+    # the same int4 weights meeting int8 activations (blocks of 32, as llama.cpp's q4_1 x q8_1 dot products)
+    "w4a8_small_batch_fused": Spec(attn="sdpa", quant="w4a8", linears="small_batch", decoder="fused"),
     "cuda_graphs": Spec(cache="static", compile="reduce-overhead", cuda_only=True),
     "fp16_sdpa_cuda_graphs": Spec(attn="sdpa", dtype="float16", cache="static", compile="reduce-overhead",
                                   cuda_only=True),
@@ -142,8 +147,8 @@ def unavailable_reason(spec: Spec, device: str) -> str | None:
         return "oneDNN prepacked linears are a CPU path"
     if spec.linears == "small_batch" and on_cuda:
         return "our small-batch kernel is a CPU one"
-    if spec.quant == "w8a8" and (on_cuda or spec.linears != "small_batch"):
-        return "int8 activations (w8a8) run on our small-batch CPU kernel only"
+    if spec.quant in ("w8a8", "w4a8") and (on_cuda or spec.linears != "small_batch"):
+        return "int8 activations (w8a8, w4a8) run on our small-batch CPU kernel only"
     if spec.freezing and spec.compile == "none":
         return "freezing is an Inductor option: it needs compile"
     if spec.decoder == "fused" and (on_cuda or spec.linears != "small_batch" or spec.compile != "none"):
@@ -353,8 +358,8 @@ def build(name: str, model_name: str, device: str) -> Built:
     model = load_variant_model(model_name, spec, device)
     if spec.quant == "int8_weight_only" and spec.linears == "small_batch":
         use_small_batch_kernels(model, weights="int8")
-    elif spec.quant == "w8a8":
-        use_small_batch_kernels(model, weights="w8a8")
+    elif spec.quant in ("w8a8", "w4a8"):
+        use_small_batch_kernels(model, weights=spec.quant)
     elif spec.quant == "int4_weight_only" and spec.linears == "small_batch":
         use_small_batch_kernels(model, weights="int4")  # q4_1's groups of 32 (group_size is the aten kernel's)
     elif spec.quant == "int8_weight_only":
