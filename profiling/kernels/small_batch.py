@@ -45,7 +45,8 @@ def panel_layout(weight: torch.Tensor) -> torch.Tensor | None:
     out_features, in_features = weight.shape
     if out_features % width:
         return None
-    return weight.detach().t().contiguous().view(in_features, out_features // width, width).transpose(0, 1).contiguous()
+    # (n / W, W, k) viewed as (n / W, k, W): one copy
+    return weight.detach().view(out_features // width, width, in_features).transpose(1, 2).contiguous()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, panels: torch.Tensor | None = None,
